@@ -1,0 +1,5 @@
+import sys
+
+from blurforge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from deblurdiff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+"""Custom operators of DeblurDiff."""
+
+from deblurdiff.ops.eac import eac
+
+__all__ = ["eac"]

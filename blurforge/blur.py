@@ -1,0 +1,367 @@
+"""Uniform blur in linear light, and the RSBlur realism stage.
+
+The pipeline for one pair (DESIGN §3)::
+
+    sharp_srgb --srgb_to_linear--> sharp_lin --convolve(kernel)--> blurry_lin
+               --apply_realism--> blurry_lin --linear_to_srgb--> blurry_srgb
+
+``render_uniform`` runs all of it. Images are ``H×W×3 float32`` in [0, 1]; a kernel is a
+2-D float array (the PSF, normally non-negative and summing to 1) whose centre is the pixel
+``(kh // 2, kw // 2)``, the same centre ``scipy.ndimage.convolve`` uses.
+
+Realism follows RSBlur (Rim et al., ECCV 2022): parameters are sampled by ``sample_realism``
+into a plain JSON-able dict (it goes into the manifest row) and applied by ``apply_realism``;
+the noise realisation is drawn from the ``rng`` passed in, so ``(seed, params)`` re-renders a
+sample exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+# Poisson–Gaussian noise levels estimated by RSBlur for RealBlur (Rim et al. 2022, §4).
+RSBLUR_BETA1 = 8.8915e-05  # shot-noise scale: variance of the signal-dependent part is beta1 * x
+RSBLUR_BETA2 = 2.9430e-05  # read-noise variance (signal-independent part), see apply_realism
+
+# Kernels with fewer taps than this go through cv2.filter2D's direct (spatial) loop, which is
+# exact and fast for them; larger ones go through our own DFT (cv2 switches to a DFT itself
+# from 50 taps on, but a slower, tiled one).
+_DIRECT_MAX_TAPS = 49
+
+_F32 = np.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# sRGB transfer functions (IEC 61966-2-1)
+# ---------------------------------------------------------------------------------------------
+
+
+def srgb_to_linear(x_srgb: np.ndarray) -> np.ndarray:
+    """The sRGB EOTF: encoded values in [0, 1] → linear light in [0, 1], float32, same shape.
+
+    ``x / 12.92`` for ``x <= 0.04045``, else ``((x + 0.055) / 1.055) ** 2.4``. Computed in
+    float32 (max error vs float64 ≈ 3e-7). The input is not modified.
+    """
+    x = np.asarray(x_srgb, dtype=_F32)
+    out = np.empty(x.shape, dtype=_F32)
+    _map_row_blocks(_srgb_to_linear_block, x, out)
+    return out
+
+
+def _srgb_to_linear_block(x: np.ndarray, out: np.ndarray) -> None:
+    np.multiply(x, _F32(1.0 / 1.055), out=out)
+    out += _F32(0.055 / 1.055)
+    np.maximum(out, _F32(0.0), out=out)  # x < -0.055 would give NaN; it takes the branch below
+    np.power(out, _F32(2.4), out=out)
+    np.divide(x, _F32(12.92), out=out, where=x <= _F32(0.04045))
+
+
+def linear_to_srgb(x_lin: np.ndarray) -> np.ndarray:
+    """The sRGB OETF: linear light → encoded values, float32, same shape.
+
+    The input is first clipped to [0, 1] (the output is display-ready), then ``12.92 * x`` for
+    ``x <= 0.0031308``, else ``1.055 * x ** (1 / 2.4) - 0.055``. The input is not modified.
+    """
+    x = np.asarray(x_lin, dtype=_F32)
+    out = np.empty(x.shape, dtype=_F32)
+    _map_row_blocks(_linear_to_srgb_block, x, out)
+    return out
+
+
+def _linear_to_srgb_block(x: np.ndarray, out: np.ndarray) -> None:
+    np.clip(x, _F32(0.0), _F32(1.0), out=out)
+    low = out <= _F32(0.0031308)
+    low_values = out[low] * _F32(12.92)
+    np.power(out, _F32(1.0 / 2.4), out=out)
+    out *= _F32(1.055)
+    out -= _F32(0.055)
+    out[low] = low_values
+
+
+def _n_threads(n_items: int) -> int:
+    """Threads for ``n_items`` independent pieces: OpenCV's budget (``cv2.setNumThreads``)."""
+    return max(1, min(n_items, cv2.getNumThreads()))
+
+
+def _map_row_blocks(fn, x: np.ndarray, out: np.ndarray, min_rows: int = 64) -> None:
+    """``fn(x[rows], out[rows])`` over blocks of rows, on threads for big images (numpy
+    ufuncs release the GIL, so this uses the cores cv2 would)."""
+    rows = x.shape[0] if x.ndim else 1
+    n = _n_threads(max(1, rows // min_rows)) if x.ndim else 1
+    if n == 1:
+        fn(x, out)
+        return
+    bounds = np.linspace(0, rows, n + 1).astype(int)
+    blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(lambda s: fn(x[s], out[s]), blocks))
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_kernel(kernel: np.ndarray) -> np.ndarray:
+    k = np.asarray(kernel, dtype=_F32)
+    if k.ndim != 2 or k.size == 0:
+        raise ValueError(f"kernel must be a non-empty 2-D array, got shape {k.shape}")
+    if not np.all(np.isfinite(k)):
+        raise ValueError("kernel contains NaN or inf values")
+    return k
+
+
+def convolve(image_lin: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """True 2-D convolution of every channel with ``kernel``, reflected borders, same size.
+
+    ``out[y, x] = Σ_{i,j} image[y - i + kh//2, x - j + kw//2] · kernel[i, j]`` — exactly what
+    ``scipy.ndimage.convolve(image[..., c], kernel, mode="reflect")`` computes (half-sample
+    symmetric borders, ``d c b a | a b c d``, = ``cv2.BORDER_REFLECT``; never zero padding).
+
+    Args:
+        image_lin: ``H×W×C`` or ``H×W`` float array (linear light, but any values work).
+        kernel: ``kh×kw`` float array, centre ``(kh//2, kw//2)``; odd or even sizes; it is
+            not normalised here. All-zero border rows/columns are cropped off first.
+
+    Returns:
+        float32 array of the input's shape.
+
+    Backend: kernels with < 50 taps use ``cv2.filter2D`` on the flipped kernel (filter2D is a
+    correlation); larger ones a product of spectra (``cv2.dft``, real-packed) over each
+    channel reflect-padded by the kernel support and grown to a fast DFT size. Channels run
+    on up to ``cv2.getNumThreads()`` threads (set ``cv2.setNumThreads(1)`` in process pools).
+    """
+    k = _check_kernel(kernel)
+    img = np.asarray(image_lin, dtype=_F32)
+    if img.ndim not in (2, 3) or img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"image must be H×W or H×W×C with H, W > 0, got shape {img.shape}")
+    h, w = img.shape[:2]
+    k, centre = _crop_to_support(k)
+    kh, kw = k.shape
+    out = np.empty(img.shape, dtype=_F32)
+    if img.ndim == 2:
+        planes = [(img, out)]
+    else:
+        planes = [(img[..., c], out[..., c]) for c in range(img.shape[2])]
+    if k.size <= _DIRECT_MAX_TAPS and h > kh and w > kw:
+        for src, dst in planes:
+            dst[...] = _convolve_direct(src, k, centre)
+        return out
+    fh = cv2.getOptimalDFTSize(h + kh - 1)
+    fw = cv2.getOptimalDFTSize(w + kw - 1)
+    kpad = np.zeros((fh, fw), dtype=_F32)
+    kpad[:kh, :kw] = k
+    kspec = cv2.dft(kpad)
+
+    def one_plane(pair: tuple[np.ndarray, np.ndarray]) -> None:
+        src, dst = pair
+        dst[...] = _convolve_plane_dft(src, k, centre, kspec)
+
+    n_threads = _n_threads(len(planes))
+    if n_threads == 1:
+        for pair in planes:
+            one_plane(pair)
+    else:
+        with ThreadPoolExecutor(n_threads) as pool:  # cv2 releases the GIL
+            list(pool.map(one_plane, planes))
+    return out
+
+
+def _crop_to_support(k: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """The smallest window of ``k`` holding its non-zero taps and its centre ``(kh//2, kw//2)``,
+    and the centre's position in it. Convolving with the window about that centre is the same
+    convolution; short blurs in big (e.g. 63×63) kernels get much cheaper, and a centred delta
+    becomes 1×1 (an exact copy)."""
+    cy, cx = k.shape[0] // 2, k.shape[1] // 2
+    rows = np.flatnonzero(k.any(axis=1))
+    cols = np.flatnonzero(k.any(axis=0))
+    if rows.size == 0:  # all-zero kernel: keep one zero tap
+        return np.zeros((1, 1), _F32), (0, 0)
+    y0, y1 = min(rows[0], cy), max(rows[-1], cy)
+    x0, x1 = min(cols[0], cx), max(cols[-1], cx)
+    return k[y0 : y1 + 1, x0 : x1 + 1], (int(cy - y0), int(cx - x0))
+
+
+def _convolve_direct(plane: np.ndarray, k: np.ndarray, centre: tuple[int, int]) -> np.ndarray:
+    kh, kw = k.shape
+    cy, cx = centre
+    # filter2D: dst(y) = Σ_i src(y + i - anchor) · kf[i]; with kf = flipped k this equals
+    # Σ_u src(y - u + (kh - 1 - anchor)) · k[u], so anchor = kh - 1 - cy centres it at cy.
+    anchor = (kw - 1 - cx, kh - 1 - cy)
+    return cv2.filter2D(
+        np.ascontiguousarray(plane), cv2.CV_32F, np.ascontiguousarray(k[::-1, ::-1]),
+        anchor=anchor, borderType=cv2.BORDER_REFLECT,
+    )
+
+
+def _convolve_plane_dft(
+    plane: np.ndarray, k: np.ndarray, centre: tuple[int, int], kspec: np.ndarray
+) -> np.ndarray:
+    """One ``H×W`` plane; ``kspec`` is the DFT of ``k`` zero-padded to the DFT size ``fh×fw``."""
+    h, w = plane.shape
+    kh, kw = k.shape
+    fh, fw = kspec.shape
+    # out[y] = Σ_u img[y - u + cy] k[u]. Linear convolution of the padded plane p
+    # (p[m] = img[m - top]) gives full[n] = Σ_u p[n - u] k[u], so out[y] = full[y + cy + top]
+    # = full[y + kh - 1] with top = kh - 1 - cy rows above (and cy below). Rows past that
+    # (up to the DFT size) only wrap around into full[n < kh - 1], which is cropped away, so
+    # they may hold anything: keep reflecting.
+    top, left = kh - 1 - centre[0], kw - 1 - centre[1]
+    p = np.pad(plane, ((top, fh - h - top), (left, fw - w - left)), mode="symmetric")
+    spec = cv2.dft(p)
+    cv2.mulSpectrums(spec, kspec, 0, c=spec)
+    full = cv2.idft(spec, flags=cv2.DFT_SCALE | cv2.DFT_REAL_OUTPUT)
+    return full[kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w]
+
+
+# ---------------------------------------------------------------------------------------------
+# Realism (RSBlur)
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_realism(
+    rng: np.random.Generator,
+    noise: str = "none",
+    saturation: bool = False,
+    jpeg_quality: int | tuple[int, int] | None = None,
+) -> dict:
+    """Sample the realism parameters of one sample (RSBlur); a JSON-able dict.
+
+    Args:
+        rng: the sample's generator (draws happen only for the enabled parts, in the order
+            saturation, noise, JPEG).
+        noise: ``"none"`` or ``"rsblur"`` (Poisson–Gaussian with RealBlur's levels).
+        saturation: add RSBlur's saturation term.
+        jpeg_quality: None (lossless output), an int in 1..100, or an inclusive ``(lo, hi)``
+            range to draw from. Only recorded here: the caller applies it when encoding.
+
+    Returns:
+        ``{"saturation_a": a | None, "noise": str, "noise_k": k | None,
+        "noise_s_var": s | None, "jpeg_quality": int | None}`` where
+        ``a ~ U(0.25, 1.75)``, ``k ~ U(0.5·β1, 1.5·β1)``, ``s ~ U(0.5·β2, 1.5·β2)``,
+        ``β1 = 8.8915e-5``, ``β2 = 2.9430e-5``. ``s`` is a variance — see ``apply_realism``.
+    """
+    if noise not in ("none", "rsblur"):
+        raise ValueError(f"noise must be 'none' or 'rsblur', got {noise!r}")
+    params: dict = {
+        "saturation_a": None,
+        "noise": noise,
+        "noise_k": None,
+        "noise_s_var": None,
+        "jpeg_quality": None,
+    }
+    if saturation:
+        params["saturation_a"] = float(rng.uniform(0.25, 1.75))
+    if noise == "rsblur":
+        params["noise_k"] = float(rng.uniform(0.5 * RSBLUR_BETA1, 1.5 * RSBLUR_BETA1))
+        params["noise_s_var"] = float(rng.uniform(0.5 * RSBLUR_BETA2, 1.5 * RSBLUR_BETA2))
+    if jpeg_quality is not None:
+        if isinstance(jpeg_quality, (tuple, list)):
+            lo, hi = (int(q) for q in jpeg_quality)
+            if not 1 <= lo <= hi <= 100:
+                raise ValueError(f"jpeg_quality range must satisfy 1 <= lo <= hi <= 100, got {jpeg_quality}")
+            params["jpeg_quality"] = int(rng.integers(lo, hi + 1))
+        else:
+            q = int(jpeg_quality)
+            if not 1 <= q <= 100:
+                raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+            params["jpeg_quality"] = q
+    return params
+
+
+def apply_realism(
+    blurry_lin: np.ndarray,
+    sharp_lin: np.ndarray,
+    kernel: np.ndarray,
+    params: dict | None,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Apply sampled realism parameters to a blurred linear image; returns a new array.
+
+    Pure: the inputs are not modified and, for the same ``params`` and the same ``rng``
+    state, the output is identical.
+
+    1. Saturation (if ``params["saturation_a"]`` is set): ``B += a · M_sat`` with
+       ``M_sat = kernel ⊛ (sharp_lin >= 1)`` per channel (the blurred trail of the clipped
+       highlights, which in the real scene were brighter than 1), then clip to [0, 1].
+    2. Noise (if ``params["noise"] == "rsblur"``): ``B = poisson(B / k) · k + N(0, s)``,
+       clip to [0, 1]; pixel-channels that are saturated (``B >= 1`` after step 1) stay at 1,
+       as in RSBlur (a clipped sensor value carries no noise).
+       **s is the variance** of the Gaussian term (its std is ``sqrt(s)`` ≈ 5.4e-3 for β2):
+       β1, β2 are the parameters of the noise-level function ``Var[B] = β1·B + β2`` fitted on
+       RealBlur, so β2 is a variance. Note: the RSBlur training code multiplies a standard
+       normal by ``s`` itself (std = s ≈ 3e-5, far below 8-bit quantisation); we follow the
+       noise model, not that line, which gives visibly noisier dark regions.
+       RSBlur adds noise on the mosaicked raw image inside an inverse ISP; this stage adds
+       it per pixel and channel in linear RGB (no camera matrix, white balance or demosaic).
+    3. JPEG (``params["jpeg_quality"]``) is not applied here: the caller encodes with it.
+
+    Shapes: ``blurry_lin``, ``sharp_lin``: ``H×W×C`` float in [0, 1]; returns float32
+    ``H×W×C``. ``params=None`` (or all parts disabled) returns a float32 copy.
+    """
+    out = np.array(blurry_lin, dtype=_F32, copy=True)
+    if not params:
+        return out
+    a = params.get("saturation_a")
+    if a is not None:
+        clipped = np.asarray(sharp_lin) >= 1.0
+        if clipped.any():
+            out += _F32(a) * convolve(clipped.astype(_F32), kernel)
+        np.clip(out, 0.0, 1.0, out=out)
+    noise = params.get("noise", "none")
+    if noise == "rsblur":
+        k = float(params["noise_k"])
+        s = float(params["noise_s_var"])
+        if not (k > 0 and s >= 0):
+            raise ValueError(f"noise_k must be > 0 and noise_s_var >= 0, got {k}, {s}")
+        saturated = out >= 1.0
+        np.clip(out, 0.0, 1.0, out=out)
+        counts = rng.poisson(out.astype(np.float64) / k)
+        gauss = rng.standard_normal(out.shape, dtype=_F32)
+        out = counts.astype(_F32) * _F32(k)
+        out += gauss * _F32(math.sqrt(s))
+        np.clip(out, 0.0, 1.0, out=out)
+        out[saturated] = 1.0
+    elif noise not in ("none", None):
+        raise ValueError(f"unknown noise model {noise!r} in realism params (expected 'none' or 'rsblur')")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point for the synthesize worker
+# ---------------------------------------------------------------------------------------------
+
+
+def render_uniform(
+    sharp_srgb: np.ndarray,
+    kernel: np.ndarray,
+    realism_params: dict | None,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Blur a sharp sRGB image with one PSF in linear light; returns ``blurry_srgb``.
+
+    ``sharp_srgb``: ``H×W×3`` float in [0, 1]. ``kernel``: the PSF, ``kh×kw``, non-negative,
+    summing to 1 (checked to 1e-3). ``realism_params``: from ``sample_realism`` or None.
+    ``rng`` supplies only the noise realisation (untouched without noise), so the output is
+    a deterministic function of the inputs and the generator's state.
+
+    Returns ``H×W×3 float32`` in [0, 1] (sRGB-encoded; JPEG, if any, is the caller's).
+    """
+    k = _check_kernel(kernel)
+    if k.min() < 0 or abs(float(k.sum(dtype=np.float64)) - 1.0) > 1e-3:
+        raise ValueError(
+            f"kernel must be non-negative and sum to 1 (min {k.min():.3g}, sum "
+            f"{float(k.sum(dtype=np.float64)):.6f}) — normalise it with k / k.sum()"
+        )
+    sharp = np.asarray(sharp_srgb)
+    if sharp.ndim != 3 or sharp.shape[2] != 3:
+        raise ValueError(f"sharp_srgb must be H×W×3, got shape {sharp.shape}")
+    sharp_lin = srgb_to_linear(sharp)
+    blurry_lin = convolve(sharp_lin, k)
+    if realism_params:
+        blurry_lin = apply_realism(blurry_lin, sharp_lin, k, realism_params, rng)
+    return linear_to_srgb(blurry_lin)

@@ -1,0 +1,317 @@
+"""Reading and writing images: robust decode to float32 RGB, encode to PNG/JPEG, atomic writes.
+
+In memory an image is ``H×W×3 float32`` in [0, 1], RGB order, sRGB-encoded as stored in the
+file (no colour management: ICC profiles are ignored). ``read_image`` either returns such an
+array or raises ``ImageReadError`` naming the file, the reason and what to do — a bad input
+never crashes a worker and never decodes to something silently wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pathlib
+import secrets
+import warnings
+
+import cv2
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+_EXIF_ORIENTATION = 0x0112
+# Leading bytes of the formats we read: such a file that does not parse is damaged, not alien.
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"RIFF", b"GIF8")
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+
+class ImageReadError(Exception):
+    """An image file that cannot be read; the message names the path, the reason and a fix."""
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None, hint: str | None = None):
+        self.path = str(path)
+        self.reason = reason or ""
+        if reason is None:  # ImageReadError("<path>: <reason> — <hint>") with a ready message
+            super().__init__(self.path)
+        else:
+            super().__init__(f"{self.path}: {reason}" + (f" — {hint}" if hint else ""))
+
+
+def find_images(directory: str | os.PathLike) -> list[pathlib.Path]:
+    """All entries under ``directory`` (recursively) whose extension is in ``IMAGE_EXTENSIONS``
+    (case-insensitive), sorted by path; folders are skipped, but broken links and unreadable
+    files are kept so that ``read_image`` reports them instead of them silently vanishing.
+    Raises ``NotADirectoryError`` if ``directory`` is not a folder."""
+    root = pathlib.Path(directory)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory — pass the folder that holds the images")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Decode an image file to ``H×W×3 float32`` sRGB in [0, 1] (RGB order) plus an info dict.
+
+    Returns ``(image_srgb, info)`` with ``info = {"format": "PNG" | "JPEG" | ... | None,
+    "bit_depth": 8 | 16, "width": W, "height": H, "conversions": [...]}``; width and height
+    are those after orientation, i.e. what an image viewer shows.
+
+    How each kind of input is handled (``conversions`` records what was done):
+
+    - 8-bit RGB: values / 255. 16-bit: values / 65535, full precision kept (``"16-bit"``).
+    - Grayscale, 8 or 16-bit: replicated to three channels (``"gray-to-rgb"``).
+    - RGBA / LA / palette with transparency: the alpha channel is dropped, colour kept as
+      stored — **no compositing** onto a background (``"alpha-dropped"``).
+    - Palette (``P``): expanded to RGB (``"palette-to-rgb"``).
+    - CMYK / YCCK JPEG: decoded by Pillow, which honours Adobe's inverted-CMYK convention,
+      and converted naively (no ICC) to RGB (``"cmyk-to-rgb"``).
+    - EXIF orientation 2–8: applied, so the array is upright as a viewer shows it
+      (``"exif-rotated"``). The orientation comes from Pillow's EXIF parser for every format.
+    - Files OpenCV cannot decode but Pillow can, fully and without truncation (e.g. a PNG
+      whose trailing IEND chunk is cut): decoded by Pillow (``"pillow-fallback"``; 16-bit RGB
+      is then reduced to 8 bits by Pillow, reported by ``bit_depth``).
+
+    Raises ``ImageReadError`` for: missing paths, directories, unreadable files (permissions),
+    empty files, files that are not images (e.g. text saved as ``.png``), truncated or corrupt
+    image data (any premature end is an error — never a partially grey image), float/HDR
+    samples, and images too large for Pillow's decompression-bomb limit.
+    """
+    return _decode(_read_bytes(path), path)
+
+
+def _decode(data: bytes, path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """``read_image`` on bytes already read; ``path`` only names the input in errors."""
+    header = _sniff(path, data)
+    conversions: list[str] = []
+    if header is not None and header.mode in ("CMYK", "YCCK"):
+        rgb = _decode_with_pillow(path, data)
+        conversions.append("cmyk-to-rgb")
+    else:
+        buf = np.frombuffer(data, dtype=np.uint8)
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
+        try:
+            rgb = cv2.imdecode(buf, flags)
+        except cv2.error:
+            rgb = None
+        if rgb is None:
+            if header is None and data.startswith(_SIGNATURES):
+                raise ImageReadError(
+                    path, "truncated or corrupt image data (the header cannot be parsed)",
+                    "re-download or re-export the file, or remove it from the input folder",
+                )
+            if header is None:
+                raise ImageReadError(
+                    path, f"not a recognised image (first bytes {data[:16]!r})",
+                    "is it really an image? re-export it, or remove it from the input folder",
+                )
+            rgb = _decode_with_pillow(path, data)
+            conversions.append("pillow-fallback")
+    if rgb.ndim == 2:  # defensive: every decode path above asks for 3 channels
+        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+    elif rgb.shape[2] == 4:
+        rgb = rgb[:, :, :3]
+    if rgb.dtype == np.uint8:
+        bit_depth, scale = 8, np.float32(255.0)
+    elif rgb.dtype == np.uint16:
+        bit_depth, scale = 16, np.float32(65535.0)
+        conversions.append("16-bit")
+    else:
+        raise ImageReadError(
+            path, f"unsupported sample type {rgb.dtype} (float/HDR image?)",
+            "convert it to an 8- or 16-bit PNG first",
+        )
+    if header is not None:
+        mode = header.mode
+        if mode in _GRAY_MODES:
+            conversions.append("gray-to-rgb")
+        if mode == "P":
+            conversions.append("palette-to-rgb")
+        if mode in _ALPHA_MODES or (mode == "P" and "transparency" in header.info):
+            conversions.append("alpha-dropped")
+        orientation = _orientation(header, data)
+        if orientation != 1:
+            rgb = _apply_orientation(rgb, orientation)
+            conversions.append("exif-rotated")
+    image_srgb = np.divide(rgb, scale, dtype=np.float32)
+    info = {
+        "format": header.format if header is not None else None,
+        "bit_depth": bit_depth,
+        "width": int(image_srgb.shape[1]),
+        "height": int(image_srgb.shape[0]),
+        "conversions": conversions,
+    }
+    return image_srgb, info
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageReadError(
+                path, f"broken symbolic link (to {os.readlink(path)})", "fix or remove the link"
+            ) from None
+        raise ImageReadError(path, "no such file", "check the path (moved or deleted?)") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a directory", "pass an image file, not a folder") from None
+    except PermissionError:
+        raise ImageReadError(
+            path, "permission denied", "make it readable (chmod) or run as a user who can read it"
+        ) from None
+    except OSError as e:
+        raise ImageReadError(path, f"cannot read the file ({e.strerror or e})", "check the disk and path") from None
+    if not data:
+        raise ImageReadError(
+            path, "empty file (0 bytes)", "it was probably not written completely; re-export or remove it"
+        )
+    return data
+
+
+def _sniff(path: str | os.PathLike, data: bytes) -> Image.Image | None:
+    """Pillow's lazy header parse (format, mode, size, EXIF); None if Pillow does not know it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, f"image too large ({e})", "downscale it before use") from None
+    except Exception:  # UnidentifiedImageError, or a header too broken to parse
+        return None
+
+
+def _decode_with_pillow(path: str | os.PathLike, data: bytes) -> np.ndarray:
+    """Full decode with Pillow (which raises on truncated data) to uint8/uint16 ``H×W×3``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            im.load()
+    except Exception as e:
+        raise ImageReadError(
+            path, f"truncated or corrupt image data ({type(e).__name__}: {e})",
+            "re-download or re-export the file, or remove it from the input folder",
+        ) from None
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        gray = np.asarray(im).astype(np.uint16)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode == "I":  # 32-bit integer gray; 16-bit files can open this way
+        gray = np.asarray(im)
+        if gray.size and gray.min() >= 0 and gray.max() <= 65535:
+            return np.repeat(gray.astype(np.uint16)[:, :, None], 3, axis=2)
+        return gray  # rejected by the caller as an unsupported sample type
+    if im.mode == "F":
+        return np.asarray(im)  # rejected by the caller as an unsupported sample type
+    return np.asarray(im.convert("RGB"))
+
+
+def _orientation(header: Image.Image, data: bytes) -> int:
+    # Pillow parses a PNG's EXIF only by decoding the whole image: skip it if there is none.
+    if header.format == "PNG" and b"eXIf" not in data:
+        return 1
+    try:
+        value = int(header.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # malformed EXIF: keep the stored orientation
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn the stored pixels upright for EXIF orientation 1–8 (as ``ImageOps.exif_transpose``)."""
+    ops = {
+        2: lambda a: a[:, ::-1],                    # mirrored horizontally
+        3: lambda a: a[::-1, ::-1],                 # rotated 180°
+        4: lambda a: a[::-1, :],                    # mirrored vertically
+        5: lambda a: a.transpose(1, 0, 2),          # transposed
+        6: lambda a: a.transpose(1, 0, 2)[:, ::-1], # rotate 90° clockwise to view
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # transverse
+        8: lambda a: a.transpose(1, 0, 2)[::-1, :], # rotate 90° counter-clockwise to view
+    }
+    return np.ascontiguousarray(ops[orientation](image))
+
+
+def decode_image_bytes(data: bytes) -> np.ndarray:
+    """Decode encoded image bytes (PNG/JPEG/...) to ``H×W×3 float32`` sRGB in [0, 1].
+
+    Same rules as ``read_image``; errors name the input ``<bytes>``. For tests and re-hashing.
+    """
+    if not data:
+        raise ImageReadError("<bytes>", "empty data (0 bytes)", "nothing to decode")
+    return _decode(bytes(data), "<bytes>")[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_image(
+    image_srgb: np.ndarray, bit_depth: int = 8, fmt: str = "png", jpeg_quality: int | None = None
+) -> bytes:
+    """Encode ``H×W×3`` float sRGB in [0, 1] (clipped, rounded to nearest) to file bytes.
+
+    ``fmt="png"`` with ``bit_depth`` 8 or 16; ``fmt="jpg"``/``"jpeg"`` is 8-bit only, with
+    ``jpeg_quality`` 1–100 (default 95). The output is deterministic for a given OpenCV build,
+    so its SHA-256 identifies the content.
+    """
+    img = np.asarray(image_srgb)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image_srgb must be H×W×3, got shape {img.shape}")
+    fmt = fmt.lower()
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if fmt in ("jpg", "jpeg"):
+        if bit_depth != 8:
+            raise ValueError("JPEG is 8-bit only: use bit_depth=8 or fmt='png'")
+        quality = 95 if jpeg_quality is None else int(jpeg_quality)
+        if not 1 <= quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        ext, params = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality]
+    elif fmt == "png":
+        if jpeg_quality is not None:
+            raise ValueError("jpeg_quality is only meaningful with fmt='jpg'")
+        ext, params = ".png", []
+    else:
+        raise ValueError(f"fmt must be 'png' or 'jpg', got {fmt!r}")
+    top = 255.0 if bit_depth == 8 else 65535.0
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    scaled = np.clip(img, 0.0, 1.0).astype(np.float32, copy=False) * np.float32(top)
+    quantised = np.rint(scaled, out=scaled).astype(dtype)
+    ok, encoded = cv2.imencode(ext, cv2.cvtColor(quantised, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise RuntimeError(f"OpenCV failed to encode a {img.shape} image as {ext}")
+    return encoded.tobytes()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a uniquely named temp file in the same folder,
+    then ``os.replace``. Parent folders are created; permissions follow the umask. Readers
+    see the old file or the new one, never a partial one; a killed process leaves at most a
+    ``.<name>.<pid>.<random>.tmp`` file behind. (No fsync: this guards against kills, not
+    power loss.)"""
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data`` (the manifest's ``blur_sha256`` / ``sharp_sha256``)."""
+    return hashlib.sha256(data).hexdigest()

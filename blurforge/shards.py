@@ -1,0 +1,192 @@
+"""Sharded, resumable jobs: reader → pure worker per shard → atomic writer.
+
+Layout of an output directory ``OUT``::
+
+    OUT/run.json                  the job's settings; a resume with other settings is refused
+    OUT/manifest/shard-00000.parquet
+    OUT/errors/shard-00000.parquet   (always written, possibly empty)
+    OUT/stats/shard-00000.json       written LAST: its presence marks the shard done
+    OUT/<images...>
+
+A shard's work items and keys are fixed by the sorted inputs and the shard size, never by the
+worker count or finishing order, so a killed run (even ``kill -9``) resumes by redoing only the
+shards without a stats file, and its output equals an uninterrupted run's.
+
+Distributors share one signature, ``distribute(worker, tasks, workers) -> iterator of statuses``:
+the worker is a picklable top-level function ``worker(task) -> dict`` that returns a status
+instead of raising into the pool.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from blurforge.manifest import errors_table, rows_table, write_parquet_atomic, write_text_atomic
+
+TMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard of work: picklable, self-contained."""
+
+    shard: str  # "shard-00000"
+    items: tuple  # the shard's work items, in a fixed order
+    out: str  # output directory
+    config: dict = field(default_factory=dict)  # job settings shared by every shard
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def make_tasks(items: Sequence, shard_size: int, out: str | os.PathLike, config: dict) -> list[ShardTask]:
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
+    return [
+        ShardTask(shard_name(i // shard_size), tuple(items[i : i + shard_size]), str(out), config)
+        for i in range(0, len(items), shard_size)
+    ]
+
+
+def stats_path(out: str | os.PathLike, shard: str) -> Path:
+    return Path(out) / "stats" / f"{shard}.json"
+
+
+def shard_done(out: str | os.PathLike, shard: str) -> bool:
+    return stats_path(out, shard).is_file()
+
+
+def finish_shard(task: ShardTask, rows: list[dict], errors: list[dict], stats: dict) -> dict:
+    """Write the shard's manifest and errors tables, then its stats file (the done marker)."""
+    out = Path(task.out)
+    write_parquet_atomic(rows_table(rows), out / "manifest" / f"{task.shard}.parquet", kind="manifest")
+    for e in errors:
+        e.setdefault("shard", task.shard)
+    write_parquet_atomic(errors_table(errors), out / "errors" / f"{task.shard}.parquet", kind="errors")
+    stats = {"shard": task.shard, "status": "done", "pairs": len(rows), "errors": len(errors), **stats}
+    write_text_atomic(stats_path(out, task.shard), json.dumps(stats, sort_keys=True))
+    return stats
+
+
+def guarded(worker: Callable[[ShardTask], dict], task: ShardTask) -> dict:
+    """Run ``worker`` on ``task``; an unexpected exception becomes a 'failed' status, not a crash."""
+    try:
+        return worker(task)
+    except Exception as exc:  # noqa: BLE001 — reported as data; the shard stays not-done
+        return {
+            "shard": task.shard,
+            "status": "failed",
+            "pairs": 0,
+            "errors": len(task.items),
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
+
+
+def _one_thread_per_process() -> None:
+    """Pool initializer: the pool is the parallelism, so keep OpenCV single-threaded in each worker."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
+def distribute_local(worker: Callable[[ShardTask], dict], tasks: Sequence[ShardTask], workers: int = 1) -> Iterator[dict]:
+    """Run shards in this process (workers <= 1) or a process pool; yields statuses as they finish."""
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield guarded(worker, task)
+        return
+    # spawn, not fork: a forked child can deadlock on locks held by the parent's OpenCV/BLAS threads
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread_per_process) as pool:
+        futures = [pool.submit(guarded, worker, task) for task in tasks]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def sweep_temp_files(out: str | os.PathLike) -> int:
+    """Remove temp files a killed run left behind (``.NAME.*.tmp``); returns how many."""
+    n = 0
+    for p in Path(out).rglob(f".*{TMP_SUFFIX}"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def check_run_config(out: str | os.PathLike, config: dict) -> None:
+    """Record the job's settings in ``OUT/run.json``; refuse to resume with different ones."""
+    path = Path(out) / "run.json"
+    text = json.dumps(config, sort_keys=True, indent=1)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != json.loads(text):
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise ValueError(
+                f"{out}: already holds a run with other settings ({', '.join(diff)}) — "
+                "resume with the same command, or choose a new --out"
+            )
+        return
+    write_text_atomic(path, text)
+
+
+@dataclass
+class RunSummary:
+    shards: int = 0
+    skipped: int = 0  # already done before this run
+    failed: list = field(default_factory=list)
+    pairs: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    stats: list = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.pairs / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_shards(
+    worker: Callable[[ShardTask], dict],
+    tasks: Sequence[ShardTask],
+    workers: int = 1,
+    progress: bool = True,
+    desc: str = "shards",
+    distribute: Callable[..., Iterator[dict]] = distribute_local,
+) -> RunSummary:
+    """Run the shards not yet done, with one progress bar over shards."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    todo = [t for t in tasks if not shard_done(t.out, t.shard)]
+    summary = RunSummary(shards=len(tasks), skipped=len(tasks) - len(todo))
+    if tasks:
+        sweep_temp_files(tasks[0].out)
+    with tqdm(total=len(todo), desc=desc, unit="shard", disable=not progress) as bar:
+        for status in distribute(worker, todo, workers):
+            summary.stats.append(status)
+            if status.get("status") == "done":
+                summary.pairs += status.get("pairs", 0)
+                summary.errors += status.get("errors", 0)
+            else:
+                summary.failed.append(status)
+            bar.set_postfix(pairs=summary.pairs, errors=summary.errors, refresh=False)
+            bar.update(1)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def load_all_stats(out: str | os.PathLike) -> list[dict[str, Any]]:
+    d = Path(out) / "stats"
+    return [json.loads(p.read_text()) for p in sorted(d.glob("shard-*.json"))] if d.is_dir() else []

@@ -1,0 +1,103 @@
+"""Manifest summaries for `blurforge inspect`: counts, sizes, kernel statistics, a contact sheet of pairs."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from blurforge.manifest import Manifest
+
+
+def _stats(values) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return {}
+    return {"min": float(a.min()), "mean": float(a.mean()), "max": float(a.max())}
+
+
+def manifest_summary(m: Manifest) -> dict:
+    """Counts by source and split, image sizes and kernel statistics."""
+    t = m.table
+    sources = t.column("source").to_pylist()
+    splits = t.column("split").to_pylist()
+    by = Counter(zip(sources, splits))
+    params = [json.loads(p) for p in t.column("params").to_pylist()]
+    lengths = [p["kernel_length"] for p in params if "kernel_length" in p]
+    kernels = {p["kernel_id"] for p in params if "kernel_id" in p}
+    noise = Counter(p.get("realism", {}).get("noise", "none") for p in params if "realism" in p)
+    return {
+        "pairs": t.num_rows,
+        "by_source_split": {f"{s}/{sp}": n for (s, sp), n in sorted(by.items())},
+        "splits": dict(sorted(Counter(splits).items())),
+        "width": _stats(t.column("width").to_pylist()),
+        "height": _stats(t.column("height").to_pylist()),
+        "distinct_kernels": len(kernels),
+        "kernel_length": _stats(lengths),
+        "noise": dict(noise),
+    }
+
+
+def format_summary(s: dict, location) -> str:
+    lines = [f"{location}: {s['pairs']} pairs"]
+    lines.append("  source/split       pairs")
+    for k, n in s["by_source_split"].items():
+        lines.append(f"  {k:<18} {n:>6}")
+    if s["width"]:
+        w, h = s["width"], s["height"]
+        lines.append(f"  width  min {w['min']:.0f}  mean {w['mean']:.0f}  max {w['max']:.0f}")
+        lines.append(f"  height min {h['min']:.0f}  mean {h['mean']:.0f}  max {h['max']:.0f}")
+    if s["kernel_length"]:
+        kl = s["kernel_length"]
+        lines.append(
+            f"  kernels: {s['distinct_kernels']} distinct, trajectory length "
+            f"min {kl['min']:.1f}  mean {kl['mean']:.1f}  max {kl['max']:.1f} px"
+        )
+    if s["noise"]:
+        lines.append("  noise: " + ", ".join(f"{k} {v}" for k, v in sorted(s["noise"].items())))
+    return "\n".join(lines)
+
+
+def _thumb(path: Path, size: int) -> np.ndarray:
+    """An RGB uint8 thumbnail fitted into size×size (grey if unreadable)."""
+    import cv2
+
+    from blurforge.imageio import ImageReadError, read_image
+
+    canvas = np.full((size, size, 3), 64, np.uint8)
+    try:
+        img, _ = read_image(path)
+    except ImageReadError:
+        return canvas
+    h, w = img.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    y, x = (size - nh) // 2, (size - nw) // 2
+    canvas[y : y + nh, x : x + nw] = np.clip(small * 255 + 0.5, 0, 255).astype(np.uint8)
+    return canvas
+
+
+def pairs_contact_sheet(m: Manifest, path: str | Path, count: int = 8, size: int = 192) -> Path:
+    """A PNG with one row per pair (blurry | sharp), the first ``count`` pairs by key."""
+    import cv2
+
+    t = m.table.sort_by("key").slice(0, count)
+    rows = []
+    pad = 4
+    for r in t.to_pylist():
+        blur = _thumb(m.abspath(r["blur_path"]), size)
+        sharp = _thumb(m.abspath(r["sharp_path"]), size)
+        gap = np.zeros((size, pad, 3), np.uint8)
+        rows.append(np.concatenate([blur, gap, sharp], axis=1))
+    if not rows:
+        raise ValueError(f"{m.location}: no pairs to preview")
+    sep = np.zeros((pad, rows[0].shape[1], 3), np.uint8)
+    sheet = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: could not write the preview PNG")
+    return path

@@ -1,0 +1,381 @@
+"""The DeblurDiff model: frozen Stable Diffusion + trainable ControlNet + LKPN (arXiv 2502.03810).
+
+One denoising prediction (Algorithm 1 of the paper)::
+
+    K, z_s = LKPN(z_lq, z_t, t)                  # z_s = eac(z_lq, K) + z_lq
+    res    = ControlNet(z_t, t, cat(z_lq, z_s))  # condition at latent resolution
+    eps    = UNet(z_t, t, + res)                 # frozen SD UNet
+
+Conventions:
+
+- Images are (B, 3, H, W) float tensors in **[0, 1]** (the house convention); ``encode`` maps
+  them to the VAE's [-1, 1] and ``decode`` maps back (clamped). H and W must be multiples of the
+  VAE's down factor (8 for SD, 2 for the tiny preset).
+- Latents are scaled: ``z = (posterior - shift_factor) * scaling_factor`` from the VAE config
+  (0.18215 for SD 1.5 / 2.1, no shift).
+- The text condition is the empty prompt, embedded once when the model is built and kept as the
+  buffer ``empty_text_emb`` (1, L, D); the text encoder is not kept.
+- ControlNet condition: ``cat(z_lq, z_s)`` (8 channels) enters through diffusers'
+  ``ControlNetConditioningEmbedding`` built with ``conditioning_embedding_out_channels=(C0,)``
+  (C0 = the UNet's first block width): a conv3x3 (8 -> C0), SiLU and a *zero-initialised*
+  conv3x3 (C0 -> C0), no strided conv, so it runs at latent resolution and adds exactly zero to
+  the ControlNet's first-conv features at initialisation. diffusers also zero-initialises every
+  ControlNet output conv, so at initialisation ``predict_eps`` equals the frozen UNet's output.
+
+Variants (``DeblurDiffConfig.variant``):
+
+- ``lkpn``         the paper's model.
+- ``blurry``       ablation "ControlNet with the blurry latent only": no LKPN; the ControlNet
+                   condition is ``z_lq`` (conditioning_channels=4), ``z_s = z_lq``.
+- ``lkpn-direct``  ablation "LKPN predicts the latent directly" (no EAC):
+                   ``z_s = LKPN_unet(cat(z_lq, z_t), t) + z_lq``, zero-initialised output.
+- ``lkpn-static``  ablation "LKPN without z_t": LKPN reads ``z_lq`` only with t fixed to 0.
+
+Saving: ``save_pretrained(dir)`` writes ``controlnet/``, ``lkpn/`` (diffusers format) and
+``deblurdiff.json`` (this config + versions); ``DeblurDiff.from_pretrained(dir)`` rebuilds the
+frozen parts from the recorded preset and loads the trained ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+
+from deblurdiff.lkpn import LKPN
+
+VARIANTS = ("lkpn", "blurry", "lkpn-direct", "lkpn-static")
+CONFIG_NAME = "deblurdiff.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class DeblurDiffConfig:
+    """Everything needed to rebuild a DeblurDiff model; saved in every checkpoint."""
+
+    preset: str = "tiny"  # frozen-parts recipe: "tiny", "sd21-base" or "sd15" (deblurdiff.presets)
+    variant: str = "lkpn"  # "lkpn" | "blurry" | "lkpn-direct" | "lkpn-static" (module docstring)
+    pretrained: str | None = None  # local diffusers folder of the SD model (sd presets); None for tiny
+    seed: int = 0  # seeds the tiny preset's frozen weights and the init of the trainable parts
+    kernel_size: int = 5  # k of the LKPN's per-pixel k×k kernels
+    loss_eps_weight: float = 1.0  # weight of mse(prediction, target) (eps or v per scheduler)
+    loss_latent_weight: float = 1.0  # weight of mse(z_s, z0) (released code: 1)
+    loss_pixel_weight: float = 0.0  # weight of mse(D(z_s), D(z0)) through the frozen decoder (paper); 0 = off
+    lkpn: dict = field(default_factory=dict)  # LKPN architecture kwargs (block_out_channels, ...), filled by the preset
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant {self.variant!r} unknown — choose one of {', '.join(VARIANTS)}")
+        reserved = {"kernel_size", "static", "direct"} & set(self.lkpn)
+        if reserved:
+            raise ValueError(
+                f"lkpn config must not set {sorted(reserved)}: they follow kernel_size and variant"
+            )
+
+    @property
+    def uses_lkpn(self) -> bool:
+        return self.variant != "blurry"
+
+
+class DeblurDiff(torch.nn.Module):
+    """Frozen SD (vae, unet, empty-prompt embedding, scheduler) + trainable ControlNet and LKPN.
+
+    Build it with :func:`deblurdiff.presets.build_model` or :meth:`from_pretrained`; the
+    constructor takes already-built parts and creates the trainable ones it is not given
+    (ControlNet from the UNet, LKPN from ``config.lkpn``), seeded by ``config.seed``.
+    """
+
+    def __init__(
+        self,
+        config: DeblurDiffConfig,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        empty_text_emb: torch.Tensor,
+        scheduler: DDPMScheduler,
+        controlnet: ControlNetModel | None = None,
+        lkpn: LKPN | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.vae = vae.requires_grad_(False).eval()
+        self.unet = unet.requires_grad_(False).eval()
+        self.register_buffer("empty_text_emb", empty_text_emb.detach().clone(), persistent=False)
+        self.scheduler = scheduler
+        latent_channels = unet.config.in_channels
+        cond_channels = latent_channels if config.variant == "blurry" else 2 * latent_channels
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            if controlnet is None:
+                controlnet = ControlNetModel.from_unet(
+                    unet,
+                    conditioning_channels=cond_channels,
+                    conditioning_embedding_out_channels=(unet.config.block_out_channels[0],),
+                )
+            if lkpn is None and config.uses_lkpn:
+                lkpn = LKPN(**self._lkpn_kwargs(config, latent_channels))
+        if controlnet.config.conditioning_channels != cond_channels:
+            raise ValueError(
+                f"ControlNet has conditioning_channels={controlnet.config.conditioning_channels}, "
+                f"variant {config.variant!r} needs {cond_channels}"
+            )
+        if config.uses_lkpn != (lkpn is not None):
+            raise ValueError(f"variant {config.variant!r}: LKPN {'missing' if config.uses_lkpn else 'not used'}")
+        if lkpn is not None:
+            want = self._lkpn_kwargs(config, latent_channels)
+            got = {k: lkpn.config[k] for k in ("kernel_size", "static", "direct")}
+            if any(got[k] != want[k] for k in got):
+                raise ValueError(f"LKPN config {got} does not match variant {config.variant!r}")
+        self.controlnet = controlnet.train()
+        self.lkpn = lkpn.train() if lkpn is not None else None
+
+    @staticmethod
+    def _lkpn_kwargs(config: DeblurDiffConfig, latent_channels: int) -> dict:
+        return {
+            **config.lkpn,
+            "latent_channels": latent_channels,
+            "kernel_size": config.kernel_size,
+            "static": config.variant == "lkpn-static",
+            "direct": config.variant == "lkpn-direct",
+        }
+
+    # -- frozen parts -------------------------------------------------------------------------
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent pixel (8 for SD)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def train(self, mode: bool = True) -> "DeblurDiff":
+        """Sets the trainable parts' mode; the frozen VAE and UNet always stay in eval mode."""
+        super().train(mode)
+        self.vae.eval()
+        self.unet.eval()
+        return self
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) images in [0, 1] -> (B, 4, H/f, W/f) scaled latents.
+
+        Uses the posterior mean (deterministic) unless a ``generator`` is given, then a posterior
+        sample drawn with it.
+        """
+        f = self.vae_scale_factor
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] % f or images.shape[3] % f:
+            raise ValueError(
+                f"encode: expected (B, 3, H, W) images with H, W multiples of {f}, got {tuple(images.shape)}"
+            )
+        dist = self.vae.encode(images * 2 - 1).latent_dist
+        z = dist.mode() if generator is None else dist.sample(generator)
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return (z - shift) * self.vae.config.scaling_factor
+
+    def _decode_raw(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> decoder output in its native [-1, 1] range, unclamped, differentiable."""
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return self.vae.decode(latents / self.vae.config.scaling_factor + shift).sample
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) scaled latents -> (B, 3, h*f, w*f) images in [0, 1] (clamped)."""
+        return ((self._decode_raw(latents) + 1) / 2).clamp(0, 1)
+
+    # -- trainable parts ----------------------------------------------------------------------
+
+    def _text(self, batch: int) -> torch.Tensor:
+        return self.empty_text_emb.expand(batch, -1, -1)
+
+    @staticmethod
+    def _timesteps(t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
+        t = torch.as_tensor(t, device=device)
+        return t.expand(batch) if t.ndim == 0 else t
+
+    def condition(
+        self, z_lq: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor | int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(z_lq, z_t, t) -> (z_s (B, 4, h, w), kernels (B, 4*k*k, h, w) or None) for the variant.
+
+        ``blurry``: (z_lq, None); ``lkpn-direct``: kernels None; ``lkpn-static`` ignores z_t, t.
+        """
+        if self.lkpn is None:
+            return z_lq, None
+        t = self._timesteps(t, z_lq.shape[0], z_lq.device)
+        out = self.lkpn(z_lq, z_t, t, self._text(z_lq.shape[0]))
+        return out.z_s, out.kernels
+
+    def predict_eps(
+        self, z_t: torch.Tensor, t: torch.Tensor | int, z_lq: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One denoising prediction -> (prediction (B, 4, h, w), z_s (B, 4, h, w)).
+
+        The kernels are re-estimated from z_t (LKPN -> EAC), then ControlNet(z_t, t, cond) feeds
+        residuals to the frozen UNet. The prediction is what the scheduler's ``prediction_type``
+        says (epsilon for SD 2.1-base and SD 1.5, v for v_prediction models).
+        """
+        b = z_t.shape[0]
+        t = self._timesteps(t, b, z_t.device)
+        z_s, _ = self.condition(z_lq, z_t, t)
+        cond = z_lq if self.config.variant == "blurry" else torch.cat([z_lq, z_s], dim=1)
+        text = self._text(b)
+        down, mid = self.controlnet(z_t, t, text, controlnet_cond=cond, return_dict=False)
+        pred = self.unet(
+            z_t,
+            t,
+            encoder_hidden_states=text,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
+        return pred, z_s
+
+    def training_losses(
+        self, blurry: torch.Tensor, sharp: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Losses on a batch of (B, 3, H, W) pairs in [0, 1] -> dict of scalar tensors.
+
+        Keys: ``loss`` (weighted total, to backpropagate), ``loss_eps``, ``loss_latent``
+        (mse(z_s, z0)), and ``loss_pixel`` when ``loss_pixel_weight > 0`` (mse of the frozen
+        decoder's [-1, 1] outputs for z_s and z0). t ~ U{0..T-1} and the noise are drawn with
+        ``generator`` (on its device; None = torch's default generator). For the ``blurry``
+        variant ``loss_latent`` is mse(z_lq, z0), reported but not in ``loss`` (nothing trains it).
+        """
+        cfg = self.config
+        with torch.no_grad():
+            z_lq = self.encode(blurry)
+            z0 = self.encode(sharp)
+        b, device = z0.shape[0], z0.device
+        gen_device = generator.device if generator is not None else device
+        n_steps = self.scheduler.config.num_train_timesteps
+        t = torch.randint(0, n_steps, (b,), generator=generator, device=gen_device).to(device)
+        noise = torch.randn(z0.shape, generator=generator, device=gen_device, dtype=z0.dtype).to(device)
+        z_t = self.scheduler.add_noise(z0, noise, t)
+
+        pred, z_s = self.predict_eps(z_t, t, z_lq)
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = self.scheduler.get_velocity(z0, noise, t)
+        elif kind == "sample":
+            target = z0
+        else:
+            raise ValueError(f"scheduler prediction_type {kind!r} not supported")
+
+        losses = {"loss_eps": F.mse_loss(pred.float(), target.float())}
+        losses["loss_latent"] = F.mse_loss(z_s.float(), z0.float())
+        total = cfg.loss_eps_weight * losses["loss_eps"]
+        if cfg.uses_lkpn:
+            total = total + cfg.loss_latent_weight * losses["loss_latent"]
+            if cfg.loss_pixel_weight > 0:
+                with torch.no_grad():
+                    x0 = self._decode_raw(z0)
+                losses["loss_pixel"] = F.mse_loss(self._decode_raw(z_s).float(), x0.float())
+                total = total + cfg.loss_pixel_weight * losses["loss_pixel"]
+        losses["loss"] = total
+        return losses
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters of the ControlNet and the LKPN (everything else is frozen)."""
+        params = list(self.controlnet.parameters())
+        if self.lkpn is not None:
+            params += list(self.lkpn.parameters())
+        return params
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Toggle activation checkpointing in ControlNet, LKPN and the frozen UNet/VAE (gradients
+        flow through those to the ControlNet residuals and the pixel loss)."""
+        for module in (self.controlnet, self.lkpn, self.unet, self.vae):
+            if module is None or not module._supports_gradient_checkpointing:
+                continue
+            if enabled:
+                module.enable_gradient_checkpointing()
+            else:
+                module.disable_gradient_checkpointing()
+
+    # -- save / load --------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``controlnet/``, ``lkpn/`` and ``deblurdiff.json`` to ``save_directory``, atomically:
+        everything goes to a temporary sibling folder that then replaces the target."""
+        target = Path(save_directory).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            self.controlnet.save_pretrained(tmp / "controlnet")
+            if self.lkpn is not None:
+                self.lkpn.save_pretrained(tmp / "lkpn")
+            record = {
+                "format": "deblurdiff",
+                "format_version": FORMAT_VERSION,
+                "config": dataclasses.asdict(self.config),
+                "versions": _versions(),
+            }
+            (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, pretrained: str | os.PathLike | None = None
+    ) -> "DeblurDiff":
+        """Load a folder written by :meth:`save_pretrained`.
+
+        The frozen parts are rebuilt from the recorded preset (tiny: from its seed; sd presets:
+        from ``pretrained`` if given, else the recorded path); the trained parts are loaded.
+        """
+        from deblurdiff.presets import load_frozen_parts
+
+        directory = Path(directory)
+        path = directory / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing — was {directory} written by DeblurDiff.save_pretrained?")
+        record = json.loads(path.read_text())
+        if record.get("format") != "deblurdiff" or record.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: not a deblurdiff checkpoint of format version {FORMAT_VERSION}")
+        config = DeblurDiffConfig(**record["config"])
+        if pretrained is not None:
+            config.pretrained = str(Path(pretrained).expanduser().resolve())
+        frozen = load_frozen_parts(config.preset, config.pretrained, config.seed)
+        controlnet = ControlNetModel.from_pretrained(directory / "controlnet", local_files_only=True)
+        lkpn = None
+        if config.uses_lkpn:
+            if not (directory / "lkpn" / "config.json").is_file():
+                raise FileNotFoundError(f"{directory / 'lkpn'} missing — variant {config.variant!r} needs an LKPN")
+            lkpn = LKPN.from_pretrained(directory / "lkpn", local_files_only=True)
+        return cls(
+            config,
+            vae=frozen.vae,
+            unet=frozen.unet,
+            empty_text_emb=frozen.empty_text_emb,
+            scheduler=frozen.scheduler,
+            controlnet=controlnet,
+            lkpn=lkpn,
+        )
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    import deblurdiff
+
+    return {
+        "deblurdiff": deblurdiff.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }

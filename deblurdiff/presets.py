@@ -1,0 +1,193 @@
+"""Presets: where the frozen Stable Diffusion parts come from, and the LKPN size that goes with them.
+
+- ``sd21-base``: a local diffusers copy of stabilityai/stable-diffusion-2-1-base (the paper's base).
+- ``sd15``: a local diffusers copy of Stable Diffusion 1.5.
+- ``tiny``: seeded random miniature parts built in-process (CPU tests, smoke runs): VAE ×2 down
+  (real SD is ×8), 2-level UNet/LKPN with 32/64 channels, a seeded random "empty-prompt"
+  embedding (1, 77, 32) instead of a text encoder.
+
+Nothing is ever downloaded: the sd presets read only the folder given as ``pretrained``
+(``local_files_only=True``); the text encoder is loaded once to embed the empty prompt and
+dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+from deblurdiff.model import DeblurDiff, DeblurDiffConfig
+
+PRESETS = ("tiny", "sd21-base", "sd15")
+SD_SOURCES = {
+    "sd21-base": "stabilityai/stable-diffusion-2-1-base",
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
+# (subfolder, file that must exist in it)
+SD_LAYOUT = (
+    ("vae", "config.json"),
+    ("unet", "config.json"),
+    ("text_encoder", "config.json"),
+    ("tokenizer", "tokenizer_config.json"),
+    ("scheduler", "scheduler_config.json"),
+)
+
+
+@dataclass
+class FrozenParts:
+    """The parts of DeblurDiff that are never trained."""
+
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    empty_text_emb: torch.Tensor  # (1, L, cross_attention_dim)
+    scheduler: DDPMScheduler
+
+
+def default_lkpn_config(preset: str, cross_attention_dim: int) -> dict:
+    """LKPN architecture kwargs for a preset: the paper's size for sd presets, a miniature for tiny."""
+    _check_preset(preset)
+    if preset == "tiny":
+        return {
+            "block_out_channels": [32, 64],
+            "layers_per_block": 1,
+            "cross_attention_dim": cross_attention_dim,
+            "attention_head_dim": 16,
+            "norm_num_groups": 8,
+        }
+    return {
+        "block_out_channels": [128, 256, 512, 512],
+        "layers_per_block": 2,
+        "cross_attention_dim": cross_attention_dim,
+        "attention_head_dim": 64,
+        "norm_num_groups": 32,
+    }
+
+
+def load_frozen_parts(preset: str, pretrained: str | os.PathLike | None = None, seed: int = 0) -> FrozenParts:
+    """Build (tiny, from ``seed``) or load (sd presets, from the local folder ``pretrained``) the frozen parts."""
+    _check_preset(preset)
+    if preset == "tiny":
+        return _tiny_frozen_parts(seed)
+    return _sd_frozen_parts(preset, pretrained)
+
+
+def build_model(
+    preset: str,
+    pretrained: str | os.PathLike | None = None,
+    variant: str = "lkpn",
+    seed: int = 0,
+    **overrides,
+) -> DeblurDiff:
+    """A fresh DeblurDiff: frozen parts from the preset, new ControlNet (from the UNet) and LKPN.
+
+    ``overrides`` set other :class:`DeblurDiffConfig` fields (``kernel_size``, loss weights);
+    ``lkpn={...}`` is merged into the preset's LKPN architecture.
+    """
+    allowed = {f.name for f in dataclasses.fields(DeblurDiffConfig)} - {"preset", "variant", "pretrained", "seed"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise TypeError(f"build_model: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+    frozen = load_frozen_parts(preset, pretrained, seed)
+    lkpn = default_lkpn_config(preset, frozen.unet.config.cross_attention_dim)
+    lkpn.update(overrides.pop("lkpn", {}))
+    config = DeblurDiffConfig(
+        preset=preset,
+        variant=variant,
+        pretrained=None if pretrained is None else str(Path(pretrained).expanduser().resolve()),
+        seed=seed,
+        lkpn=lkpn,
+        **overrides,
+    )
+    return DeblurDiff(
+        config,
+        vae=frozen.vae,
+        unet=frozen.unet,
+        empty_text_emb=frozen.empty_text_emb,
+        scheduler=frozen.scheduler,
+    )
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r} unknown — choose one of {', '.join(PRESETS)}")
+
+
+def tiny_scheduler() -> DDPMScheduler:
+    """SD's training schedule (1000 steps, scaled-linear betas 0.00085..0.012, epsilon)."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="epsilon",
+    )
+
+
+def _tiny_frozen_parts(seed: int) -> FrozenParts:
+    """Seeded random miniature SD: identical weights for the same seed; the global RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=32,
+        )
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            norm_num_groups=8,
+            cross_attention_dim=32,
+            attention_head_dim=(2, 4),  # head counts (diffusers' naming); 16 channels per head
+            use_linear_projection=True,
+        )
+        empty_text_emb = torch.randn(1, 77, 32)
+    return FrozenParts(vae=vae.eval(), unet=unet.eval(), empty_text_emb=empty_text_emb, scheduler=tiny_scheduler())
+
+
+def _sd_frozen_parts(preset: str, pretrained: str | os.PathLike | None) -> FrozenParts:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    hint = f"point --pretrained at a local diffusers copy of {SD_SOURCES[preset]}"
+    if pretrained is None:
+        raise ValueError(f"preset {preset!r} needs a pretrained folder — {hint}")
+    root = Path(pretrained).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory — {hint}")
+    for sub, name in SD_LAYOUT:
+        if not (root / sub / name).is_file():
+            raise FileNotFoundError(f"{root / sub / name} missing — {hint}")
+
+    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True)
+    scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=True)
+    tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True).eval()
+    ids = tokenizer(
+        [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        empty_text_emb = text_encoder(ids)[0].float()
+    del text_encoder, tokenizer
+    if empty_text_emb.shape[-1] != unet.config.cross_attention_dim:
+        raise ValueError(
+            f"{root}: text embedding width {empty_text_emb.shape[-1]} != unet cross_attention_dim "
+            f"{unet.config.cross_attention_dim} — text_encoder and unet come from different models?"
+        )
+    return FrozenParts(vae=vae.eval(), unet=unet.eval(), empty_text_emb=empty_text_emb, scheduler=scheduler)

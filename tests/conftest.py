@@ -1,0 +1,64 @@
+"""Shared fixtures: real photographs from scikit-image, small kernel banks, CUDA marker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def photo(name: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A bundled scikit-image photograph as RGB uint8, optionally resized to (w, h)."""
+    import cv2
+    from skimage import data
+
+    img = getattr(data, name)()
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    img = np.ascontiguousarray(img[..., :3])
+    if size is not None:
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return img
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_bank(tmp_path_factory) -> Path:
+    """A 16-kernel bank of 15×15 kernels (small so tests stay fast)."""
+    from blurforge.kernels import generate_bank, write_bank
+
+    path = tmp_path_factory.mktemp("bank") / "kernels.parquet"
+    write_bank(generate_bank(count=16, seed=3, size=15, length_min=2, length_max=30, progress=False), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory) -> Path:
+    """Four small real photographs as PNG."""
+    d = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        write_png(d / f"{name}.png", photo(name, (96, 64)))
+    return d

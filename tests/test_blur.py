@@ -1,0 +1,271 @@
+"""Uniform blur in linear light and the RSBlur realism stage (blurforge.blur)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from blurforge.blur import (
+    RSBLUR_BETA1,
+    RSBLUR_BETA2,
+    apply_realism,
+    convolve,
+    linear_to_srgb,
+    render_uniform,
+    sample_realism,
+    srgb_to_linear,
+)
+from conftest import photo
+
+
+def _reference_srgb_to_linear(x):
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def _reference_linear_to_srgb(x):
+    x = np.clip(np.asarray(x, dtype=np.float64), 0, 1)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
+
+
+def _random_kernel(rng, shape):
+    k = rng.random(shape) ** 3  # lopsided on purpose: a flip (correlation) would show
+    return (k / k.sum()).astype(np.float32)
+
+
+def _scipy_convolve(img, k):
+    img = img.astype(np.float64)
+    return np.stack(
+        [ndi.convolve(img[..., c], k.astype(np.float64), mode="reflect") for c in range(img.shape[2])], axis=-1
+    )
+
+
+# --- sRGB ----------------------------------------------------------------------------------
+
+
+def test_srgb_transfer_functions_match_the_standard():
+    x = np.linspace(-0.05, 1.05, 20001, dtype=np.float32)
+    lin = srgb_to_linear(x)
+    assert lin.dtype == np.float32
+    inside = (x >= 0) & (x <= 1)
+    np.testing.assert_allclose(lin[inside], _reference_srgb_to_linear(x[inside]), atol=5e-7)
+    np.testing.assert_allclose(linear_to_srgb(x), _reference_linear_to_srgb(x), atol=5e-7)
+    assert not np.isnan(lin).any()
+    # the knee values of IEC 61966-2-1
+    assert abs(float(srgb_to_linear(np.float32(0.04045))) - 0.04045 / 12.92) < 1e-8
+    assert abs(float(linear_to_srgb(np.float32(0.5))) - 0.735356983) < 1e-6
+
+
+def test_srgb_round_trip_is_exact_for_8_and_16_bit_values():
+    for top in (255, 65535):
+        x = (np.arange(top + 1) / top).astype(np.float32)
+        back = linear_to_srgb(srgb_to_linear(x))
+        assert np.abs(back - x).max() < 1e-6
+        assert np.array_equal(np.rint(back * top), np.arange(top + 1))
+
+
+def test_srgb_functions_do_not_modify_their_input_and_keep_shape():
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 7, 3), dtype=np.float32)  # tall enough for the threaded path
+    before = x.copy()
+    assert srgb_to_linear(x).shape == x.shape and linear_to_srgb(x).shape == x.shape
+    assert np.array_equal(x, before)
+    np.testing.assert_allclose(srgb_to_linear(x), _reference_srgb_to_linear(x), atol=5e-7)
+
+
+# --- convolution -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_hw", [(17, 23), (16, 20), (6, 5)])
+@pytest.mark.parametrize("kernel_hw", [(1, 1), (3, 5), (4, 6), (7, 7), (8, 8), (15, 9), (20, 31), (31, 31)])
+def test_convolve_matches_scipy_reflect(image_hw, kernel_hw):
+    """Both backends (direct < 50 taps, DFT otherwise), odd/even sizes, kernels larger than
+    the image (repeated reflection), asymmetric kernels."""
+    rng = np.random.default_rng(hash((image_hw, kernel_hw)) % 2**32)
+    img = rng.random((*image_hw, 3), dtype=np.float32)
+    k = _random_kernel(rng, kernel_hw)
+    out = convolve(img, k)
+    assert out.dtype == np.float32 and out.shape == img.shape
+    np.testing.assert_allclose(out, _scipy_convolve(img, k), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "support",
+    [(slice(0, 3), slice(0, 3)), (slice(12, 15), slice(2, 9)), (slice(6, 9), slice(7, 8)), (slice(0, 15), slice(14, 15))],
+)
+def test_convolve_with_sparse_kernels_matches_scipy(support):
+    """Kernels whose taps fill only part of the window (cropped to their support internally),
+    including supports that do not contain the centre."""
+    rng = np.random.default_rng(20)
+    img = rng.random((40, 33, 3), dtype=np.float32)
+    k = np.zeros((15, 15), np.float32)
+    k[support] = rng.random(k[support].shape)
+    k /= k.sum()
+    np.testing.assert_allclose(convolve(img, k), _scipy_convolve(img, k), atol=1e-5)
+
+
+def test_convolve_is_a_convolution_not_a_correlation():
+    """An impulse image reproduces the kernel itself (unflipped) around the impulse."""
+    rng = np.random.default_rng(1)
+    for shape in [(5, 7), (31, 25)]:  # direct and DFT backends
+        k = _random_kernel(rng, shape)
+        img = np.zeros((80, 90, 1), np.float32)
+        img[40, 45] = 1.0
+        out = convolve(img, k)[..., 0]
+        cy, cx = shape[0] // 2, shape[1] // 2
+        patch = out[40 - cy : 40 - cy + shape[0], 45 - cx : 45 - cx + shape[1]]
+        np.testing.assert_allclose(patch, k, atol=1e-6)
+
+
+def test_convolve_accepts_a_single_plane():
+    rng = np.random.default_rng(2)
+    img = rng.random((30, 40), dtype=np.float32)
+    k = _random_kernel(rng, (11, 11))
+    np.testing.assert_allclose(convolve(img, k), ndi.convolve(img.astype(np.float64), k, mode="reflect"), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [1, 3, 63])
+def test_delta_kernel_reproduces_the_image(size):
+    img = srgb_to_linear(photo("astronaut", (160, 120)).astype(np.float32) / 255)
+    k = np.zeros((size, size), np.float32)
+    k[size // 2, size // 2] = 1
+    np.testing.assert_allclose(convolve(img, k), img, atol=1e-6)
+
+
+def test_render_uniform_with_delta_kernel_returns_the_sharp_image():
+    sharp_srgb = photo("coffee", (150, 100)).astype(np.float32) / 255
+    k = np.zeros((63, 63), np.float32)
+    k[31, 31] = 1
+    blurry_srgb = render_uniform(sharp_srgb, k, None, np.random.default_rng(0))
+    assert blurry_srgb.dtype == np.float32 and blurry_srgb.shape == sharp_srgb.shape
+    np.testing.assert_allclose(blurry_srgb, sharp_srgb, atol=1e-6)
+
+
+def test_constant_image_stays_constant():
+    rng = np.random.default_rng(3)
+    img = np.full((50, 70, 3), 0.3, np.float32)
+    for shape in [(5, 5), (63, 63), (20, 41)]:
+        np.testing.assert_allclose(convolve(img, _random_kernel(rng, shape)), 0.3, atol=1e-6)
+
+
+def test_blur_preserves_mean_linear_brightness():
+    rng = np.random.default_rng(4)
+    sharp_lin = srgb_to_linear(photo("chelsea", (200, 150)).astype(np.float32) / 255)
+    blurry_lin = convolve(sharp_lin, _random_kernel(rng, (31, 31)))
+    np.testing.assert_allclose(blurry_lin.mean(axis=(0, 1)), sharp_lin.mean(axis=(0, 1)), rtol=0.01)
+    assert blurry_lin.min() >= -1e-6 and blurry_lin.max() <= 1 + 1e-6
+
+
+def test_blur_happens_in_linear_light():
+    """A black/white edge averaged by a 2-tap kernel is 50 % light: sRGB 0.735, not 0.5."""
+    sharp = np.zeros((8, 8, 3), np.float32)
+    sharp[:, 4:] = 1.0
+    k = np.array([[0.5, 0.5]], np.float32)
+    blurry = render_uniform(sharp, k, None, np.random.default_rng(0))
+    # centre kw//2 = 1: out[x] = 0.5·img[x + 1] + 0.5·img[x], so column 3 straddles the edge
+    np.testing.assert_allclose(blurry[:, 3], 0.7353569, atol=1e-5)
+    np.testing.assert_allclose(blurry[:, :3], 0.0, atol=1e-7)
+    np.testing.assert_allclose(blurry[:, 4:], 1.0, atol=1e-6)
+
+
+def test_render_uniform_checks_the_kernel():
+    sharp = np.zeros((20, 20, 3), np.float32)
+    with pytest.raises(ValueError, match="sum to 1"):
+        render_uniform(sharp, np.ones((3, 3)), None, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="2-D"):
+        render_uniform(sharp, np.ones(3) / 3, None, np.random.default_rng(0))
+
+
+# --- realism --------------------------------------------------------------------------------
+
+
+def test_sample_realism_ranges_and_json():
+    rng = np.random.default_rng(5)
+    none = sample_realism(rng)
+    assert none == {"saturation_a": None, "noise": "none", "noise_k": None, "noise_s_var": None, "jpeg_quality": None}
+    for _ in range(200):
+        p = sample_realism(rng, noise="rsblur", saturation=True, jpeg_quality=(60, 95))
+        assert json.loads(json.dumps(p)) == p
+        assert 0.25 <= p["saturation_a"] <= 1.75
+        assert 0.5 * RSBLUR_BETA1 <= p["noise_k"] <= 1.5 * RSBLUR_BETA1
+        assert 0.5 * RSBLUR_BETA2 <= p["noise_s_var"] <= 1.5 * RSBLUR_BETA2
+        assert 60 <= p["jpeg_quality"] <= 95 and isinstance(p["jpeg_quality"], int)
+    assert sample_realism(rng, jpeg_quality=80)["jpeg_quality"] == 80
+    with pytest.raises(ValueError, match="noise"):
+        sample_realism(rng, noise="gaussian")
+
+
+def _scene():
+    sharp_srgb = photo("rocket", (120, 90)).astype(np.float32) / 255
+    sharp_srgb[30:40, 50:60] = 1.0  # a clipped highlight
+    return sharp_srgb
+
+
+def test_realism_is_reproducible_from_the_seed():
+    sharp_srgb = _scene()
+    k = _random_kernel(np.random.default_rng(6), (9, 9))
+    params = sample_realism(np.random.default_rng(7), noise="rsblur", saturation=True)
+    a = render_uniform(sharp_srgb, k, params, np.random.default_rng(11))
+    b = render_uniform(sharp_srgb, k, params, np.random.default_rng(11))
+    c = render_uniform(sharp_srgb, k, params, np.random.default_rng(12))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_apply_realism_is_pure():
+    sharp_lin = srgb_to_linear(_scene())
+    k = _random_kernel(np.random.default_rng(8), (9, 9))
+    blurry_lin = convolve(sharp_lin, k)
+    before = blurry_lin.copy(), sharp_lin.copy()
+    params = {"saturation_a": 1.0, "noise": "rsblur", "noise_k": RSBLUR_BETA1, "noise_s_var": RSBLUR_BETA2}
+    apply_realism(blurry_lin, sharp_lin, k, params, np.random.default_rng(0))
+    assert np.array_equal(blurry_lin, before[0]) and np.array_equal(sharp_lin, before[1])
+
+
+def test_no_noise_leaves_the_rng_untouched():
+    rng = np.random.default_rng(9)
+    state = rng.bit_generator.state
+    render_uniform(_scene(), _random_kernel(rng, (5, 5)), sample_realism(rng, saturation=True), rng)
+    rng2 = np.random.default_rng(9)
+    _random_kernel(rng2, (5, 5)), sample_realism(rng2, saturation=True)
+    assert rng.bit_generator.state == rng2.bit_generator.state != state
+
+
+def test_saturation_brightens_only_around_saturated_pixels():
+    sharp_lin = np.full((60, 60, 3), 0.2, np.float32)
+    sharp_lin[28:32, 28:32, 0] = 1.0  # saturated in red only
+    k = _random_kernel(np.random.default_rng(10), (7, 7))
+    blurry_lin = convolve(sharp_lin, k)
+    out = apply_realism(blurry_lin, sharp_lin, k, {"saturation_a": 1.5, "noise": "none"}, np.random.default_rng(0))
+    gain = out - blurry_lin
+    near = np.zeros((60, 60), bool)
+    near[28 - 3 : 32 + 3, 28 - 3 : 32 + 3] = True
+    assert gain[..., 0][near].max() > 0.1  # the highlight's trail got brighter …
+    assert np.all(gain >= -1e-7)  # … nothing got darker …
+    assert np.abs(gain[..., 0][~near]).max() < 1e-6  # … and nothing outside the kernel's reach
+    assert np.abs(gain[..., 1:]).max() < 1e-6  # green and blue were not saturated
+    assert out.max() <= 1.0
+
+
+def test_noise_statistics_match_the_parameters():
+    x = 0.25
+    blurry_lin = np.full((256, 256, 3), x, np.float32)
+    k_shot, s_var = 2e-4, 4e-5
+    params = {"saturation_a": None, "noise": "rsblur", "noise_k": k_shot, "noise_s_var": s_var}
+    out = apply_realism(blurry_lin, blurry_lin, np.ones((1, 1)), params, np.random.default_rng(13))
+    expected_var = k_shot * x + s_var  # Poisson part k·x, Gaussian part s (a variance)
+    assert abs(out.mean() - x) < 5 * np.sqrt(expected_var / out.size)
+    assert out.var() == pytest.approx(expected_var, rel=0.03)
+
+
+def test_noise_spares_saturated_pixels():
+    blurry_lin = np.full((40, 40, 3), 0.5, np.float32)
+    blurry_lin[:10] = 1.0
+    params = {"noise": "rsblur", "noise_k": RSBLUR_BETA1, "noise_s_var": RSBLUR_BETA2}
+    out = apply_realism(blurry_lin, blurry_lin, np.ones((1, 1)), params, np.random.default_rng(14))
+    assert np.all(out[:10] == 1.0)
+    assert out[10:].std() > 1e-3
+    assert out.min() >= 0 and out.max() <= 1

@@ -1,0 +1,128 @@
+"""Manifests: build-manifest (merge, splits, duplicates, verify), inspect, schema checks, kernels CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from blurforge.cli import main
+from blurforge.manifest import MANIFEST_SCHEMA, ManifestError, read_manifest, split_for
+
+
+@pytest.fixture(scope="module")
+def two_runs(photos_dir, small_bank, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for prefix, seed in (("a", 1), ("b", 2)):
+        assert main(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out",
+                     str(root / prefix), "--seed", str(seed), "--key-prefix", prefix, "--pairs-per-image", "3",
+                     "--quiet"]) == 0
+    return root
+
+
+def test_build_manifest_merges_with_relative_paths_and_splits(two_runs, tmp_path, capsys):
+    out = tmp_path / "sub" / "manifest.parquet"
+    assert main(["build-manifest", str(two_runs / "a"), str(two_runs / "b"), "--out", str(out),
+                 "--val-fraction", "0.25", "--test-fraction", "0.25", "--verify", "--quiet"]) == 0
+    assert "24 pairs from 2 input(s)" in capsys.readouterr().out
+    m = read_manifest(out)
+    assert len(m) == 24 and m.table.schema.equals(MANIFEST_SCHEMA)
+    assert pq.read_schema(out).metadata[b"blurforge.schema_version"] == b"1"
+    for r in m.table.to_pylist():
+        assert not Path(r["blur_path"]).is_absolute() and "\\" not in r["blur_path"]
+        assert m.abspath(r["blur_path"]).is_file() and m.abspath(r["sharp_path"]).is_file()
+        assert r["split"] == split_for(r["key"], 0.25, 0.25)
+    splits = set(m.table.column("split").to_pylist())
+    assert splits == {"train", "val", "test"}
+    # splits are a function of the key alone: merging in another order gives the same manifest
+    out2 = tmp_path / "manifest2.parquet"
+    assert main(["build-manifest", str(two_runs / "b"), str(two_runs / "a"), "--out", str(out2),
+                 "--val-fraction", "0.25", "--test-fraction", "0.25", "--quiet"]) == 0
+    t2 = read_manifest(out2).table
+    assert t2.column("key").to_pylist() == m.table.column("key").to_pylist()
+    assert t2.column("split").to_pylist() == m.table.column("split").to_pylist()
+
+
+def test_duplicate_keys_are_rejected(two_runs, tmp_path, capsys):
+    assert main(["build-manifest", str(two_runs / "a"), str(two_runs / "a"), "--out",
+                 str(tmp_path / "m.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "duplicate key 'a/" in err and "--key-prefix" in err
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_verify_catches_a_changed_file(two_runs, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "a"
+    shutil.copytree(two_runs / "a", copy)
+    victim = sorted((copy / "blur").rglob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    assert main(["build-manifest", str(copy), "--out", str(tmp_path / "m.parquet"), "--verify", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert victim.name in err and "does not match" in err
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_schema_problems_name_the_file_and_fix(tmp_path, capsys):
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"key": ["x"]}), plain)
+    with pytest.raises(ManifestError, match="plain.parquet: no 'blurforge.schema_version'"):
+        read_manifest(plain)
+    from blurforge.manifest import with_metadata
+
+    partial = tmp_path / "partial.parquet"
+    pq.write_table(with_metadata(pa.table({"key": ["x"]}), "manifest"), partial)
+    with pytest.raises(ManifestError, match="'blur_path'.*missing"):
+        read_manifest(partial)
+    future = tmp_path / "future.parquet"
+    t = with_metadata(MANIFEST_SCHEMA.empty_table(), "manifest")
+    t = t.replace_schema_metadata({**t.schema.metadata, b"blurforge.schema_version": b"2"})
+    pq.write_table(t, future)
+    with pytest.raises(ManifestError, match="schema version '2'"):
+        read_manifest(future)
+    assert main(["inspect", str(tmp_path / "missing.parquet")]) == 2
+    assert "no such manifest" in capsys.readouterr().err
+
+
+def test_inspect_reports_counts_and_writes_preview(two_runs, tmp_path, capsys):
+    import cv2
+
+    out = tmp_path / "m.parquet"
+    assert main(["build-manifest", str(two_runs / "a"), str(two_runs / "b"), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--preview", str(tmp_path / "p.png"), "--preview-count", "3", "--json"]) == 0
+    text = capsys.readouterr().out
+    s = json.loads(text[: text.rindex("}") + 1])
+    assert s["pairs"] == 24 and s["by_source_split"] == {"uniform/train": 24}
+    assert s["width"]["min"] == 96 and s["height"]["max"] == 64
+    assert 1 <= s["distinct_kernels"] <= 16 and 2 <= s["kernel_length"]["min"] <= s["kernel_length"]["max"] <= 30
+    sheet = cv2.imread(str(tmp_path / "p.png"))
+    assert sheet is not None and sheet.shape[0] > sheet.shape[1]  # three rows of (blurry | sharp)
+
+
+def test_kernels_cli_writes_bank_and_preview(tmp_path, capsys):
+    import cv2
+
+    from blurforge.kernels import read_bank
+
+    out = tmp_path / "k.parquet"
+    assert main(["kernels", "--count", "12", "--seed", "5", "--size", "31", "--length-max", "60", "--out",
+                 str(out), "--preview", str(tmp_path / "k.png"), "--quiet"]) == 0
+    assert "12 kernels 31x31" in capsys.readouterr().out
+    bank = read_bank(out)
+    assert len(bank) == 12 and bank.kernel(bank.ids[0]).shape == (31, 31)
+    assert cv2.imread(str(tmp_path / "k.png")) is not None
+    assert main(["kernels", "--count", "2", "--size", "30", "--out", str(tmp_path / "e.parquet"), "--quiet"]) == 2
+    assert "odd" in capsys.readouterr().err
+
+
+def test_cli_rejects_abbreviations_and_unknown_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["kernels", "--cou", "3", "--out", "x.parquet"])
+    with pytest.raises(SystemExit):
+        main(["blur"])
+    assert main([]) == 2

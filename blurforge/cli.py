@@ -53,6 +53,8 @@ def cmd_kernels(args: argparse.Namespace) -> int:
         exposure=args.exposure,
         workers=args.workers,
         progress=not args.quiet,
+        backend=args.backend,
+        ray_address=args.ray_address,
     )
     write_bank(table, args.out)
     s = bank_summary(table)
@@ -87,6 +89,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         key_prefix=args.key_prefix,
         progress=not args.quiet,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        retries=args.retries,
     )
     timing = summarize_timing([x for x in s.stats if x.get("status") == "done"])
     busy = sum(timing.values()) or 1.0
@@ -98,7 +103,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         f"(errors: {Path(args.out) / 'errors'})"
     )
     for f in s.failed:
-        print(f"  shard {f['shard']} failed: {f.get('error')} — re-run the same command to retry it", file=sys.stderr)
+        print(f"  shard {f['shard']} failed after {args.retries} retries: {f.get('error')}", file=sys.stderr)
+    if s.failed:
+        print(f"synthesize: {len(s.failed)} shard(s) failed — resume them with the same command:\n  "
+              f"blurforge {' '.join(args.argv)}", file=sys.stderr)
     if s.failed:
         return 1
     if s.pairs == 0 and s.skipped == 0:
@@ -171,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"blurforge {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    def add_backend(sp):
+        sp.add_argument("--backend", choices=["local", "ray"], default="local",
+                        help="local: processes on this machine; ray: Ray tasks (same output, byte for byte)")
+        sp.add_argument("--ray-address", metavar="ADDR",
+                        help="Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT); default: start a local Ray")
+
     def add(name, func, help_, description=None):
         sp = sub.add_parser(name, help=help_, description=description or help_, allow_abbrev=False,
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -192,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--workers", type=_positive_int, default=1, help="processes")
     k.add_argument("--preview", metavar="PNG", help="also write a contact sheet of kernels")
     k.add_argument("--preview-count", type=_positive_int, default=64, help="kernels in the contact sheet")
+    add_backend(k)
 
     s = add("synthesize", cmd_synthesize, "render blurry/sharp pairs from sharp images and a kernel bank",
             "Blurs every sharp image (recursively under --sharp) with a kernel drawn from the bank, in linear "
@@ -212,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pairs-per-image", type=_positive_int, default=1, help="pairs drawn from each sharp image")
     s.add_argument("--shard-size", type=_positive_int, default=64, help="pairs per shard (the unit of resume)")
     s.add_argument("--key-prefix", help="prefix of the pairs' keys (default: the mode); make runs distinct")
+    s.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")
+    add_backend(s)
 
     b = add("build-manifest", cmd_build_manifest, "merge synthesize outputs into one manifest",
             "Merges outputs/manifests into one Parquet manifest whose image paths are relative to its "
@@ -237,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -245,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"blurforge {args.command}: interrupted — re-run the same command to resume", file=sys.stderr)
         return 130
+    except ImportError as exc:
+        print(f"blurforge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (UserError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, NotImplementedError) as exc:
         print(f"blurforge {args.command}: error: {exc}", file=sys.stderr)
         return 2

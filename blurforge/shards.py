@@ -12,9 +12,11 @@ A shard's work items and keys are fixed by the sorted inputs and the shard size,
 worker count or finishing order, so a killed run (even ``kill -9``) resumes by redoing only the
 shards without a stats file, and its output equals an uninterrupted run's.
 
-Distributors share one signature, ``distribute(worker, tasks, workers) -> iterator of statuses``:
-the worker is a picklable top-level function ``worker(task) -> dict`` that returns a status
-instead of raising into the pool.
+Distributors share one signature, ``distribute(worker, tasks, workers) -> iterator of statuses``
+(``distribute_local``: this process or a process pool; ``distribute_ray``: Ray tasks): the worker
+is a picklable top-level function ``worker(task) -> dict`` that returns a status instead of
+raising into the pool. Because a shard's bytes depend only on its task, every backend and
+worker count writes byte-identical output.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -142,11 +145,70 @@ def check_run_config(out: str | os.PathLike, config: dict) -> None:
     write_text_atomic(path, text)
 
 
+def _ray_guarded(worker: Callable[[ShardTask], dict], task: ShardTask) -> dict:
+    _one_thread_per_process()
+    return guarded(worker, task)
+
+
+def ensure_ray(address: str | None = None, workers: int | None = None):
+    """Connect to the Ray cluster at ``address`` (``auto``, ``ray://HOST:PORT``, ``HOST:PORT``), or
+    start a local one with ``workers`` CPUs when no address is given; reuse an existing session.
+    Returns the ``ray`` module."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError(
+            "--backend ray needs Ray: PIP_CONSTRAINT=scripts/constraints.txt pip install -e '.[distributed]'"
+        ) from exc
+    if not ray.is_initialized():
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=workers, **kwargs)
+    return ray
+
+
+def distribute_ray(
+    worker: Callable[[ShardTask], dict], tasks: Sequence[ShardTask], workers: int = 1, address: str | None = None
+) -> Iterator[dict]:
+    """Run shards as Ray tasks (one CPU each, at most ``2 * workers`` in flight); yields statuses as
+    they finish. Same signature and same outputs as :func:`distribute_local`."""
+    ray = ensure_ray(address, workers)
+    remote = ray.remote(num_cpus=1, max_retries=2)(_ray_guarded)
+    queue = list(tasks)[::-1]
+    in_flight: dict = {}
+    limit = max(1, 2 * workers)
+    while queue or in_flight:
+        while queue and len(in_flight) < limit:
+            task = queue.pop()
+            in_flight[remote.remote(worker, task)] = task
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        task = in_flight.pop(done[0])
+        try:
+            yield ray.get(done[0])
+        except Exception as exc:  # noqa: BLE001 — a lost worker or node: the shard stays not-done
+            yield {"shard": task.shard, "status": "failed", "pairs": 0, "errors": len(task.items),
+                   "error": f"Ray task failed: {type(exc).__name__}: {exc}"}
+
+
+def get_distributor(backend: str = "local", ray_address: str | None = None) -> Callable[..., Iterator[dict]]:
+    """The distributor of ``backend`` ('local' or 'ray'); all share ``(worker, tasks, workers)``."""
+    if backend == "local":
+        if ray_address:
+            raise ValueError("--ray-address only applies with --backend ray")
+        return distribute_local
+    if backend == "ray":
+        return partial(distribute_ray, address=ray_address)
+    raise ValueError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
+
+
 @dataclass
 class RunSummary:
     shards: int = 0
     skipped: int = 0  # already done before this run
-    failed: list = field(default_factory=list)
+    failed: list = field(default_factory=list)  # statuses of shards still failed after all retries
+    retried: int = 0  # shard attempts repeated after a failure
     pairs: int = 0
     errors: int = 0
     seconds: float = 0.0
@@ -163,26 +225,43 @@ def run_shards(
     workers: int = 1,
     progress: bool = True,
     desc: str = "shards",
-    distribute: Callable[..., Iterator[dict]] = distribute_local,
+    backend: str = "local",
+    ray_address: str | None = None,
+    retries: int = 2,
 ) -> RunSummary:
-    """Run the shards not yet done, with one progress bar over shards."""
+    """Run the shards not yet done, with one progress bar over shards in the driver.
+
+    A shard whose worker failed as a whole (not a per-sample error, which is data) is retried up
+    to ``retries`` times; shards still failing are listed in ``summary.failed`` and a re-run of
+    the same command resumes them.
+    """
     from tqdm import tqdm
 
+    distribute = get_distributor(backend, ray_address)
     t0 = time.perf_counter()
     todo = [t for t in tasks if not shard_done(t.out, t.shard)]
     summary = RunSummary(shards=len(tasks), skipped=len(tasks) - len(todo))
     if tasks:
         sweep_temp_files(tasks[0].out)
+    by_name = {t.shard: t for t in todo}
     with tqdm(total=len(todo), desc=desc, unit="shard", disable=not progress) as bar:
-        for status in distribute(worker, todo, workers):
-            summary.stats.append(status)
-            if status.get("status") == "done":
-                summary.pairs += status.get("pairs", 0)
-                summary.errors += status.get("errors", 0)
-            else:
-                summary.failed.append(status)
-            bar.set_postfix(pairs=summary.pairs, errors=summary.errors, refresh=False)
-            bar.update(1)
+        for attempt in range(retries + 1):
+            failed = []
+            for status in distribute(worker, todo, workers):
+                if status.get("status") == "done":
+                    summary.stats.append(status)
+                    summary.pairs += status.get("pairs", 0)
+                    summary.errors += status.get("errors", 0)
+                    bar.update(1)
+                else:
+                    failed.append(status)
+                bar.set_postfix(pairs=summary.pairs, errors=summary.errors, refresh=False)
+            if not failed:
+                break
+            if attempt < retries:
+                summary.retried += len(failed)
+                todo = [by_name[f["shard"]] for f in failed]
+        summary.failed = failed
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -180,6 +180,9 @@ def run_synthesize(
     shard_size: int = 64,
     key_prefix: str | None = None,
     progress: bool = True,
+    backend: str = "local",
+    ray_address: str | None = None,
+    retries: int = 2,
 ) -> RunSummary:
     """Plan, run (resuming finished shards) and summarise a synthesize job."""
     if mode != "uniform":
@@ -215,7 +218,8 @@ def run_synthesize(
     out.mkdir(parents=True, exist_ok=True)
     check_run_config(out, config)
     tasks = make_tasks(items, shard_size, out, config)
-    return run_shards(synthesize_worker, tasks, workers=workers, progress=progress, desc="synthesize")
+    return run_shards(synthesize_worker, tasks, workers=workers, progress=progress, desc="synthesize",
+                      backend=backend, ray_address=ray_address, retries=retries)
 
 
 def summarize_timing(stats: Sequence[dict]) -> dict:

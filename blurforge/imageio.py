@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import pathlib
-import secrets
 import warnings
 
 import cv2
@@ -291,25 +290,13 @@ def encode_image(
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a uniquely named temp file in the same folder,
-    then ``os.replace``. Parent folders are created; permissions follow the umask. Readers
-    see the old file or the new one, never a partial one; a killed process leaves at most a
-    ``.<name>.<pid>.<random>.tmp`` file behind. (No fsync: this guards against kills, not
-    power loss.)"""
-    target = pathlib.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, then ``os.replace``;
+    see :func:`blurforge.storage.write_local_atomic`). Readers see the old file or the new one,
+    never a partial one; a killed process leaves at most a ``.<name>.*.tmp`` file behind, which
+    the next run sweeps. (No fsync: this guards against kills, not power loss.)"""
+    from blurforge.storage import write_local_atomic
+
+    write_local_atomic(pathlib.Path(path), data)
 
 
 def sha256_bytes(data: bytes) -> str:

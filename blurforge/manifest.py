@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,6 +20,8 @@ from typing import Iterable, Sequence
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from blurforge.storage import write_local_atomic
 
 SCHEMA_VERSION = "1"
 VERSION_KEY = b"blurforge.schema_version"
@@ -72,33 +73,20 @@ def with_metadata(table: pa.Table, kind: str, extra: dict[str, str] | None = Non
     return table.replace_schema_metadata(meta)
 
 
+def parquet_bytes(table: pa.Table, kind: str) -> bytes:
+    """``table`` with blurforge's metadata as Parquet file bytes."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(with_metadata(table, kind), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, kind: str) -> Path:
-    """Write ``table`` to ``path`` as Parquet through a temp file in the same directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(with_metadata(table, kind), tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``table`` to a local ``path`` as Parquet, atomically."""
+    return write_local_atomic(Path(path), parquet_bytes(table, kind))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_local_atomic(Path(path), text.encode("utf-8"))
 
 
 def rows_table(rows: Sequence[dict]) -> pa.Table:

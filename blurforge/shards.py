@@ -29,13 +29,10 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from blurforge.manifest import errors_table, rows_table, write_parquet_atomic, write_text_atomic
-
-TMP_SUFFIX = ".tmp"
-
+from blurforge.manifest import errors_table, parquet_bytes, rows_table
+from blurforge.storage import Location
 
 @dataclass(frozen=True)
 class ShardTask:
@@ -60,23 +57,20 @@ def make_tasks(items: Sequence, shard_size: int, out: str | os.PathLike, config:
     ]
 
 
-def stats_path(out: str | os.PathLike, shard: str) -> Path:
-    return Path(out) / "stats" / f"{shard}.json"
-
-
 def shard_done(out: str | os.PathLike, shard: str) -> bool:
-    return stats_path(out, shard).is_file()
+    """Whether ``shard``'s stats file (written last) exists in the output location ``out``."""
+    return Location(out).exists(f"stats/{shard}.json")
 
 
 def finish_shard(task: ShardTask, rows: list[dict], errors: list[dict], stats: dict) -> dict:
     """Write the shard's manifest and errors tables, then its stats file (the done marker)."""
-    out = Path(task.out)
-    write_parquet_atomic(rows_table(rows), out / "manifest" / f"{task.shard}.parquet", kind="manifest")
+    out = Location(task.out)
+    out.write_bytes(f"manifest/{task.shard}.parquet", parquet_bytes(rows_table(rows), kind="manifest"))
     for e in errors:
         e.setdefault("shard", task.shard)
-    write_parquet_atomic(errors_table(errors), out / "errors" / f"{task.shard}.parquet", kind="errors")
+    out.write_bytes(f"errors/{task.shard}.parquet", parquet_bytes(errors_table(errors), kind="errors"))
     stats = {"shard": task.shard, "status": "done", "pairs": len(rows), "errors": len(errors), **stats}
-    write_text_atomic(stats_path(out, task.shard), json.dumps(stats, sort_keys=True))
+    out.write_text(f"stats/{task.shard}.json", json.dumps(stats, sort_keys=True))
     return stats
 
 
@@ -119,22 +113,12 @@ def distribute_local(worker: Callable[[ShardTask], dict], tasks: Sequence[ShardT
             yield fut.result()
 
 
-def sweep_temp_files(out: str | os.PathLike) -> int:
-    """Remove temp files a killed run left behind (``.NAME.*.tmp``); returns how many."""
-    n = 0
-    for p in Path(out).rglob(f".*{TMP_SUFFIX}"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
-
-
 def check_run_config(out: str | os.PathLike, config: dict) -> None:
     """Record the job's settings in ``OUT/run.json``; refuse to resume with different ones."""
-    path = Path(out) / "run.json"
+    loc = Location(out)
     text = json.dumps(config, sort_keys=True, indent=1)
-    if path.is_file():
-        old = json.loads(path.read_text())
+    if loc.exists("run.json"):
+        old = json.loads(loc.read_text("run.json"))
         if old != json.loads(text):
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             raise ValueError(
@@ -142,7 +126,7 @@ def check_run_config(out: str | os.PathLike, config: dict) -> None:
                 "resume with the same command, or choose a new --out"
             )
         return
-    write_text_atomic(path, text)
+    loc.write_text("run.json", text)
 
 
 def _ray_guarded(worker: Callable[[ShardTask], dict], task: ShardTask) -> dict:
@@ -242,7 +226,7 @@ def run_shards(
     todo = [t for t in tasks if not shard_done(t.out, t.shard)]
     summary = RunSummary(shards=len(tasks), skipped=len(tasks) - len(todo))
     if tasks:
-        sweep_temp_files(tasks[0].out)
+        Location(tasks[0].out).sweep_temp_files()
     by_name = {t.shard: t for t in todo}
     with tqdm(total=len(todo), desc=desc, unit="shard", disable=not progress) as bar:
         for attempt in range(retries + 1):
@@ -267,5 +251,5 @@ def run_shards(
 
 
 def load_all_stats(out: str | os.PathLike) -> list[dict[str, Any]]:
-    d = Path(out) / "stats"
-    return [json.loads(p.read_text()) for p in sorted(d.glob("shard-*.json"))] if d.is_dir() else []
+    loc = Location(out)
+    return [json.loads(loc.read_text(f"stats/{name}")) for name in loc.list("stats", ".json")]

@@ -1,0 +1,127 @@
+"""Output locations: a local directory, or any filesystem pyarrow understands.
+
+``Location("pairs/")`` is a local directory; ``Location("s3://bucket/pairs")``,
+``Location("gs://bucket/pairs")``, ``Location("hdfs://host/pairs")`` or ``Location("file:///data/pairs")``
+go through ``pyarrow.fs.FileSystem.from_uri`` (credentials come from the environment, as pyarrow
+reads them). Every write is atomic: locally through a temp file and ``os.replace``; on an object
+store a PUT publishes the object whole when the stream closes, so readers never see half a file.
+Paths inside a location are POSIX paths relative to it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+TMP_SUFFIX = ".tmp"
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    return "://" in str(location)
+
+
+class Location:
+    """A directory on some filesystem, addressed by POSIX paths relative to it."""
+
+    def __init__(self, location: str | os.PathLike, filesystem: pafs.FileSystem | None = None):
+        """``location``: a local path or a URI; ``filesystem``: use this pyarrow filesystem with
+        ``location`` as its path instead of resolving a URI."""
+        self.uri = str(location)
+        if filesystem is not None:
+            self.fs, root = filesystem, self.uri
+        elif is_uri(location):
+            try:
+                self.fs, root = pafs.FileSystem.from_uri(self.uri)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+                raise ValueError(
+                    f"{self.uri}: not a filesystem pyarrow can open ({exc}) — use a local path or an "
+                    "s3://, gs://, hdfs:// or file:// URI"
+                ) from exc
+        else:
+            self.fs, root = pafs.LocalFileSystem(), os.path.abspath(location)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.root = root.rstrip("/") or "/"
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __repr__(self) -> str:
+        return f"Location({self.uri!r})"
+
+    def path(self, rel: str = "") -> str:
+        """The filesystem path of ``rel`` (a local path when the location is local)."""
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    def local_path(self, rel: str = "") -> Path:
+        if not self.local:
+            raise ValueError(f"{self.uri}: not a local directory")
+        return Path(self.path(rel))
+
+    # ---------------------------------------------------------------------------------- queries
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
+
+    def list(self, rel: str, suffix: str = "") -> list[str]:
+        """Names (not paths) of the files directly in ``rel`` ending in ``suffix``, sorted."""
+        info = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        return sorted(i.base_name for i in info if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode("utf-8")
+
+    # ----------------------------------------------------------------------------------- writes
+
+    def makedirs(self, rel: str = "") -> None:
+        self.fs.create_dir(self.path(rel), recursive=True)
+
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        """Write ``data`` to ``rel`` atomically; returns the written path."""
+        target = self.path(rel)
+        if self.local:
+            return str(write_local_atomic(Path(target), data))
+        parent = posixpath.dirname(target)
+        if parent:
+            self.fs.create_dir(parent, recursive=True)
+        with self.fs.open_output_stream(target) as f:
+            f.write(data)
+        return target
+
+    def write_text(self, rel: str, text: str) -> str:
+        return self.write_bytes(rel, text.encode("utf-8"))
+
+
+    def sweep_temp_files(self) -> int:
+        """Remove temp files a killed local run left behind (``.NAME.*.tmp``); returns how many.
+        Object stores never hold partial objects, so there is nothing to sweep there."""
+        if not self.local or not os.path.isdir(self.root):
+            return 0
+        n = 0
+        for p in Path(self.root).rglob(f".*{TMP_SUFFIX}"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+
+def write_local_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a local ``path`` through a temp file in the same directory + ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

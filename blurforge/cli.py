@@ -30,6 +30,12 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _window(text: str):
+    from blurforge.frames import parse_window  # imports OpenCV: only when the option is used
+
+    return parse_window(text)
+
+
 def _fraction(text: str) -> float:
     v = float(text)
     if not 0 <= v <= 1:
@@ -92,35 +98,85 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         backend=args.backend,
         ray_address=args.ray_address,
         retries=args.retries,
+        segmenter=args.segmenter,
+        sam2_config=args.sam2_config,
+        sam2_checkpoint=args.sam2_checkpoint,
+        device=args.device,
+        max_objects=args.max_objects,
     )
-    timing = summarize_timing([x for x in s.stats if x.get("status") == "done"])
+    return report_job(args, s, summarize_timing(s.stats))
+
+
+def report_job(args: argparse.Namespace, s, timing: dict[str, float]) -> int:
+    """The one-line summary of a sharded job (synthesize, frames) and its exit status."""
     busy = sum(timing.values()) or 1.0
     split = ", ".join(f"{k[:-2]} {100 * v / busy:.0f}%" for k, v in timing.items())
     resumed = f", {s.skipped} of {s.shards} shards already done" if s.skipped else ""
+    retried = f", {s.retried} shard attempts retried" if s.retried else ""
+    out = str(args.out).rstrip("/")
     print(
-        f"synthesize: {s.pairs} pairs, {s.errors} errors in {s.seconds:.1f} s "
-        f"({s.rate:.2f} pairs/s; {split}){resumed} -> {Path(args.out) / 'manifest'} "
-        f"(errors: {Path(args.out) / 'errors'})"
+        f"{args.command}: {s.pairs} pairs, {s.errors} errors in {s.seconds:.1f} s "
+        f"({s.rate:.2f} pairs/s; {split}){resumed}{retried} -> {out}/manifest (errors: {out}/errors)"
     )
     for f in s.failed:
         print(f"  shard {f['shard']} failed after {args.retries} retries: {f.get('error')}", file=sys.stderr)
     if s.failed:
-        print(f"synthesize: {len(s.failed)} shard(s) failed — resume them with the same command:\n  "
+        print(f"{args.command}: {len(s.failed)} shard(s) failed — resume them with the same command:\n  "
               f"blurforge {' '.join(args.argv)}", file=sys.stderr)
-    if s.failed:
         return 1
     if s.pairs == 0 and s.skipped == 0:
-        print("synthesize: no pair succeeded — see the errors table", file=sys.stderr)
+        print(f"{args.command}: no pair succeeded — see the errors table", file=sys.stderr)
         return 1
     return 0
 
 
+def cmd_frames(args: argparse.Namespace) -> int:
+    from blurforge.frames import run_frames
+
+    s = run_frames(
+        videos=args.videos,
+        out=args.out,
+        seed=args.seed,
+        decoder=args.decoder,
+        window=args.window,
+        interpolate=args.interpolate,
+        response=args.response,
+        stride=args.stride,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        key_prefix=args.key_prefix,
+        progress=not args.quiet,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        retries=args.retries,
+    )
+    keys = ("decode_s", "interpolate_s", "average_s", "encode_s")
+    return report_job(args, s, {k: sum(x.get(k, 0.0) for x in s.stats) for k in keys})
+
+
+def _parse_import(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (e.g. gopro=/data/GOPRO_Large), got {text!r}")
+    return name, path
+
+
 def cmd_build_manifest(args: argparse.Namespace) -> int:
-    from blurforge.manifest import merge_manifests, read_manifest, verify_manifest, write_parquet_atomic
+    from blurforge.manifest import errors_table, merge_manifests, read_manifest, verify_manifest, write_parquet_atomic
 
     out = Path(args.out)
-    table = merge_manifests(args.inputs, out, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
-    problems = []
+    extra, import_errors = [], []
+    for name, path in args.imports:
+        from blurforge.imports import import_pairs
+
+        table, root, errors = import_pairs(name, path)
+        print(f"build-manifest: import {name}: {table.num_rows} pairs, {len(errors)} problems from {path}")
+        extra.append((f"import {name}={path}", table, root))
+        import_errors += errors
+    if not args.inputs and not extra:
+        raise UserError("nothing to merge — name output directories/manifests or --import NAME=PATH")
+    table = merge_manifests(args.inputs, out, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                            extra_tables=extra)
     if args.verify:
         problems = verify_manifest(table, out.parent, progress=not args.quiet)
         for p in problems[:20]:
@@ -130,14 +186,21 @@ def cmd_build_manifest(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
     write_parquet_atomic(table, out, kind="manifest")
+    errors_note = ""
+    if import_errors:
+        errors_path = out.with_name(f"{out.stem}.errors.parquet")
+        write_parquet_atomic(errors_table(import_errors), errors_path, kind="errors")
+        for e in import_errors[:20]:
+            print(f"  {e['error']}", file=sys.stderr)
+        errors_note = f", {len(import_errors)} import problems -> {errors_path}"
     m = read_manifest(out)
     splits = {s: 0 for s in ("train", "val", "test")}
     for s in m.table.column("split").to_pylist():
         splits[s] = splits.get(s, 0) + 1
     verified = ", all files verified" if args.verify else ""
     print(
-        f"build-manifest: {len(m)} pairs from {len(args.inputs)} input(s) "
-        f"(train {splits['train']}, val {splits['val']}, test {splits['test']}){verified} -> {out}"
+        f"build-manifest: {len(m)} pairs from {len(args.inputs) + len(extra)} input(s) "
+        f"(train {splits['train']}, val {splits['val']}, test {splits['test']}){verified}{errors_note} -> {out}"
     )
     return 0
 
@@ -218,7 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--seed", type=int, default=0, help="run seed; each pair's seed derives from (seed, key)")
     s.add_argument("--mode", choices=["uniform", "nonuniform"], default="uniform",
-                   help="uniform: one kernel per image (nonuniform is not implemented yet)")
+                   help="uniform: one kernel per image; nonuniform: segment each image and give every object "
+                        "(and the background) its own kernel, composited in linear light without halos")
+    s.add_argument("--segmenter", choices=["classical", "sam2"], default="classical",
+                   help="nonuniform: how objects are found; classical needs no weights, sam2 needs the sam2 "
+                        "package, a working torchvision and --sam2-checkpoint")
+    s.add_argument("--sam2-config", default="configs/sam2.1/sam2.1_hiera_t.yaml", metavar="NAME",
+                   help="SAM 2 config name inside the sam2 package; must match --sam2-checkpoint")
+    s.add_argument("--sam2-checkpoint", metavar="PATH",
+                   help="SAM 2 checkpoint file you downloaded (e.g. sam2.1_hiera_tiny.pt); nothing is downloaded")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where SAM 2 runs")
+    s.add_argument("--max-objects", type=int, default=6, metavar="N",
+                   help="nonuniform: at most N objects per image get their own kernel (0: background only)")
     s.add_argument("--workers", type=_positive_int, default=1, help="processes")
     s.add_argument("--noise", choices=["none", "rsblur"], default="none",
                    help="rsblur: Poisson-Gaussian noise with RealBlur-like parameters")
@@ -230,11 +304,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")
     add_backend(s)
 
+    f = add("frames", cmd_frames, "average video frames into blurry/sharp pairs (REDS/GoPro style)",
+            "Averages a window of consecutive frames in linear signal space (inverse camera response), "
+            "optionally interpolating K frames between each pair with optical flow (no network weights) to "
+            "a virtual high frame rate; the centre original frame is the sharp target. REDS: --window 5 "
+            "--interpolate 15 --stride 5 (65 virtual frames, 120 -> 1920 fps). GoPro: --window 7:13 "
+            "--response gamma2.2 (a window drawn per sample). Bad clips land in the errors table.")
+    f.add_argument("--videos", required=True, help="directory of video clips (searched recursively)")
+    f.add_argument("--out", required=True, help="output directory (or a pyarrow filesystem URI)")
+    f.add_argument("--seed", type=int, default=0, help="run seed; each pair's seed derives from (seed, key)")
+    f.add_argument("--decoder", choices=["decord", "av"], default="decord", help="video decoder")
+    f.add_argument("--window", type=_window, default="7", metavar="N|LO:HI",
+                   help="odd number of original frames averaged, or a range drawn per sample")
+    f.add_argument("--interpolate", type=int, default=0, metavar="K", help="flow-interpolated frames between each pair")
+    f.add_argument("--response", choices=["srgb", "gamma2.2", "linear"], default="srgb",
+                   help="camera response inverted before averaging")
+    f.add_argument("--stride", type=_positive_int, metavar="M", help="frames between centre frames (default: window)")
+    f.add_argument("--workers", type=_positive_int, default=1, help="processes (or Ray tasks in flight)")
+    f.add_argument("--shard-size", type=_positive_int, default=1, help="clips per shard (the unit of resume)")
+    f.add_argument("--key-prefix", default="frames", help="prefix of the pairs' keys")
+    f.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")
+    add_backend(f)
+
     b = add("build-manifest", cmd_build_manifest, "merge synthesize outputs into one manifest",
             "Merges outputs/manifests into one Parquet manifest whose image paths are relative to its "
             "directory; assigns deterministic splits from the keys when a fraction is given; rejects "
             "duplicate keys and schema mismatches.")
-    b.add_argument("inputs", nargs="+", metavar="INPUT", help="synthesize output dirs or manifest files")
+    b.add_argument("inputs", nargs="*", metavar="INPUT", help="synthesize/frames output dirs or manifest files")
+    b.add_argument("--import", dest="imports", action="append", default=[], type=_parse_import, metavar="NAME=PATH",
+                   help="bring an existing paired dataset in as source import:NAME: a folder with blur/ and "
+                        "sharp/ per sequence (GoPro, REDS-like) or a list file of 'blur_path sharp_path' lines "
+                        "(RealBlur/RSBlur); repeatable")
     b.add_argument("--out", required=True, help="output manifest, e.g. manifest.parquet")
     b.add_argument("--val-fraction", type=_fraction, help="fraction of keys in val (default: keep splits)")
     b.add_argument("--test-fraction", type=_fraction, help="fraction of keys in test (default: keep splits)")

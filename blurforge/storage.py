@@ -100,6 +100,11 @@ class Location:
         return self.write_bytes(rel, text.encode("utf-8"))
 
 
+    def delete(self, rel: str) -> None:
+        """Remove the file ``rel`` if it exists."""
+        if self.exists(rel):
+            self.fs.delete_file(self.path(rel))
+
     def sweep_temp_files(self) -> int:
         """Remove temp files a killed local run left behind (``.NAME.*.tmp``); returns how many.
         Object stores never hold partial objects, so there is nothing to sweep there."""

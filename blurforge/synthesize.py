@@ -11,6 +11,15 @@ Per sample (key ``PREFIX/REL_PATH/J``):
    so the stored sharp image is exactly the one that was blurred.
 3. The blurry image is rendered in linear light (``blurforge.blur.render_uniform``) and stored as
    PNG (or JPEG when ``--jpeg-quality`` is given).
+
+``--mode nonuniform`` (``source = "nonuniform"``): the sharp image is segmented once per image
+(``blurforge.segment``; the masks do not depend on the seed), each object gets its own kernel and
+the background its own, and the layers are composited in linear light
+(``blurforge.nonuniform``). ``params`` holds the background's ``kernel_id``, ``objects`` (each
+with ``kernel_id``, ``kernel_length``, its full-resolution ``mask`` as COCO RLE, ``area`` and
+compositing ``order``), ``composite`` (alpha shaping) and ``segmenter`` (backend, settings and
+the resolution it worked at); the image is rendered from those decoded masks, so ``rerender``
+reproduces it exactly without running the segmenter again.
 """
 
 from __future__ import annotations
@@ -25,11 +34,14 @@ import numpy as np
 
 from blurforge.manifest import sha256_file
 from blurforge.seeding import seed_for
+from blurforge.storage import Location
 from blurforge.shards import ShardTask, check_run_config, finish_shard, make_tasks, run_shards, RunSummary
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 _BANKS: dict[str, object] = {}  # per-process cache: kernel bank path -> KernelBank
+_SEGMENTERS: dict[str, object] = {}  # per-process cache: segmenter settings -> Segmenter (SAM 2 loads once)
+MODES = ("uniform", "nonuniform")
 
 
 def _bank(path: str):
@@ -38,6 +50,15 @@ def _bank(path: str):
     if path not in _BANKS:
         _BANKS[path] = read_bank(path)
     return _BANKS[path]
+
+
+def _segmenter(settings: dict):
+    from blurforge.segment import make_segmenter
+
+    key = json.dumps(settings, sort_keys=True)
+    if key not in _SEGMENTERS:
+        _SEGMENTERS[key] = make_segmenter(**settings)
+    return _SEGMENTERS[key]
 
 
 def sample_name(key: str) -> str:
@@ -84,17 +105,21 @@ def render_blurry(sharp_srgb: np.ndarray, kernel: np.ndarray, params: dict, seed
 
 def synthesize_worker(task: ShardTask) -> dict:
     """Pure shard worker: reads sharp images, renders pairs, writes images then the shard tables."""
-    from blurforge.imageio import ImageReadError, encode_image, read_image, sha256_bytes, write_bytes_atomic
+    from blurforge.imageio import ImageReadError, encode_image, read_image, sha256_bytes
 
     cfg = task.config
-    out = Path(task.out)
+    out = Location(task.out)
     bank = _bank(cfg["kernels"])
     ksize = bank.size
     sharp_root = Path(cfg["sharp"])
     rows: list[dict] = []
     errors: list[dict] = []
+    nonuniform = cfg.get("mode", "uniform") == "nonuniform"
     timing = {"decode_s": 0.0, "blur_s": 0.0, "encode_s": 0.0}
+    if nonuniform:
+        timing["segment_s"] = 0.0
     decoded: dict[str, tuple] = {}  # a shard holds all pairs of an image together: decode once
+    segmented: dict[str, list] = {}  # ... and segment once (masks depend on the image only)
 
     for key, rel in task.items:
         src = sharp_root / rel
@@ -113,12 +138,29 @@ def synthesize_worker(task: ShardTask) -> dict:
                 )
             timing["decode_s"] += time.perf_counter() - t
 
-            stage = "render"
-            t = time.perf_counter()
             seed = seed_for(cfg["seed"], key)
-            params = sample_uniform_params(np.random.default_rng([seed, 0]), bank, cfg)
-            params.update(input=rel, bit_depth=info["bit_depth"], conversions=info["conversions"])
-            blurry = render_blurry(sharp, bank.kernel(params["kernel_id"]), params, seed)
+            if nonuniform:
+                from blurforge.nonuniform import render_from_params, sample_nonuniform_params
+
+                stage = "segment"
+                t = time.perf_counter()
+                segmenter = _segmenter(cfg["segmenter"])
+                if rel not in segmented:
+                    segmented.clear()
+                    segmented[rel] = segmenter.segment(sharp)
+                timing["segment_s"] += time.perf_counter() - t
+                stage = "render"
+                t = time.perf_counter()
+                params = sample_nonuniform_params(np.random.default_rng([seed, 0]), bank, segmented[rel], cfg)
+                params["segmenter"] = segmenter.describe(h, w)
+                params.update(input=rel, bit_depth=info["bit_depth"], conversions=info["conversions"])
+                blurry = render_from_params(sharp, bank, params, seed)
+            else:
+                stage = "render"
+                t = time.perf_counter()
+                params = sample_uniform_params(np.random.default_rng([seed, 0]), bank, cfg)
+                params.update(input=rel, bit_depth=info["bit_depth"], conversions=info["conversions"])
+                blurry = render_blurry(sharp, bank.kernel(params["kernel_id"]), params, seed)
             timing["blur_s"] += time.perf_counter() - t
 
             stage = "encode"
@@ -131,8 +173,8 @@ def synthesize_worker(task: ShardTask) -> dict:
             blur_rel = f"blur/{task.shard}/{name}.{'jpg' if jpeg else 'png'}"
             sharp_rel = f"sharp/{task.shard}/{name}.png"
             stage = "write"
-            write_bytes_atomic(out / blur_rel, blur_bytes)
-            write_bytes_atomic(out / sharp_rel, sharp_bytes)
+            out.write_bytes(blur_rel, blur_bytes)
+            out.write_bytes(sharp_rel, sharp_bytes)
             timing["encode_s"] += time.perf_counter() - t
             rows.append(
                 {
@@ -140,7 +182,7 @@ def synthesize_worker(task: ShardTask) -> dict:
                     "blur_path": blur_rel,
                     "sharp_path": sharp_rel,
                     "split": "train",
-                    "source": "uniform",
+                    "source": "nonuniform" if nonuniform else "uniform",
                     "width": w,
                     "height": h,
                     "seed": seed,
@@ -158,11 +200,16 @@ def synthesize_worker(task: ShardTask) -> dict:
 
 
 def rerender(row: dict, bank, root: Path) -> np.ndarray:
-    """Re-render a uniform row's blurry image (sRGB float32) from its seed, params and stored sharp image."""
+    """Re-render a uniform or nonuniform row's blurry image (sRGB float32) from its seed, params
+    and stored sharp image (nonuniform rows carry their masks: no segmenter is run)."""
     from blurforge.imageio import read_image
 
     params = json.loads(row["params"])
-    sharp, _ = read_image(root / row["sharp_path"])
+    sharp, _ = read_image(Path(root) / row["sharp_path"])
+    if row.get("source") == "nonuniform":
+        from blurforge.nonuniform import render_from_params
+
+        return render_from_params(sharp, bank, params, int(row["seed"]))
     return render_blurry(sharp, bank.kernel(params["kernel_id"]), params, int(row["seed"]))
 
 
@@ -183,13 +230,21 @@ def run_synthesize(
     backend: str = "local",
     ray_address: str | None = None,
     retries: int = 2,
+    segmenter: str = "classical",
+    sam2_config: str | None = None,
+    sam2_checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    max_objects: int = 6,
 ) -> RunSummary:
-    """Plan, run (resuming finished shards) and summarise a synthesize job."""
-    if mode != "uniform":
-        raise NotImplementedError(
-            f"--mode {mode}: not implemented yet — only 'uniform' synthesis exists in this version"
-        )
-    sharp, kernels, out = Path(sharp), Path(kernels), Path(out)
+    """Plan, run (resuming finished shards) and summarise a synthesize job.
+
+    ``mode="nonuniform"`` segments each image with ``segmenter`` (``"classical"``, or ``"sam2"``
+    with ``sam2_checkpoint``, a file matching ``sam2_config``, run on ``device``) and gives up to
+    ``max_objects`` objects per image their own kernels; these settings are ignored in uniform mode.
+    """
+    if mode not in MODES:
+        raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    sharp, kernels, out = Path(sharp), Path(kernels), Location(out)
     if not sharp.is_dir():
         raise FileNotFoundError(f"--sharp {sharp}: not a directory of sharp images")
     if not kernels.is_file():
@@ -212,16 +267,41 @@ def run_synthesize(
         "shard_size": shard_size,
         "key_prefix": key_prefix or mode,
     }
+    if mode == "nonuniform":
+        config["segmenter"] = _segmenter_settings(segmenter, sam2_config, sam2_checkpoint, device, max_objects)
     items = plan_uniform(sharp, pairs_per_image, config["key_prefix"])
     if not items:
         raise FileNotFoundError(f"--sharp {sharp}: no images found (looked for common image extensions)")
-    out.mkdir(parents=True, exist_ok=True)
-    check_run_config(out, config)
-    tasks = make_tasks(items, shard_size, out, config)
+    out.makedirs()
+    check_run_config(out.uri, config)
+    tasks = make_tasks(items, shard_size, out.uri, config)
     return run_shards(synthesize_worker, tasks, workers=workers, progress=progress, desc="synthesize",
                       backend=backend, ray_address=ray_address, retries=retries)
 
 
+def _segmenter_settings(name: str, sam2_config: str | None, sam2_checkpoint, device: str, max_objects: int) -> dict:
+    """Check the segmenter options in the driver (clear errors before any shard runs) and
+    return the settings the workers build it from."""
+    from blurforge.segment import DEFAULT_SAM2_CONFIG, SEGMENTERS, check_sam2_checkpoint, import_sam2
+
+    if name not in SEGMENTERS:
+        raise ValueError(f"--segmenter must be one of {', '.join(SEGMENTERS)}, got {name!r}")
+    if max_objects < 0:
+        raise ValueError(f"--max-objects must be >= 0, got {max_objects}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be 'cpu' or 'cuda', got {device!r}")
+    if name == "classical":
+        return {"name": "classical", "max_objects": int(max_objects)}
+    checkpoint = None if sam2_checkpoint is None else str(Path(sam2_checkpoint).resolve())
+    check_sam2_checkpoint(checkpoint)
+    try:
+        import_sam2()
+    except RuntimeError as exc:  # Sam2Unavailable: a user error with its fix in the message
+        raise ValueError(str(exc)) from exc
+    return {"name": "sam2", "max_objects": int(max_objects), "sam2_config": sam2_config or DEFAULT_SAM2_CONFIG,
+            "sam2_checkpoint": checkpoint, "device": device}
+
+
 def summarize_timing(stats: Sequence[dict]) -> dict:
-    keys = ("decode_s", "blur_s", "encode_s")
-    return {k: sum(s.get(k, 0.0) for s in stats) for k in keys}
+    keys = ("decode_s", "segment_s", "blur_s", "encode_s")
+    return {k: sum(s.get(k, 0.0) for s in stats) for k in keys if any(k in s for s in stats)}

@@ -153,8 +153,10 @@ def test_missing_inputs_give_clear_errors(photos_dir, small_bank, tmp_path, caps
     assert synth(photos_dir, tmp_path / "k.parquet", tmp_path / "o") == 2
     assert "blurforge kernels" in capsys.readouterr().err
     assert main(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out",
-                 str(tmp_path / "o"), "--mode", "nonuniform"]) == 2
-    assert "not implemented" in capsys.readouterr().err
+                 str(tmp_path / "o"), "--mode", "nonuniform", "--segmenter", "sam2",
+                 "--sam2-checkpoint", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.pt" in err
 
 
 def test_kill_and_resume_matches_uninterrupted_run(small_bank, tmp_path):

@@ -1,0 +1,293 @@
+"""frames: averaging against an analytic ground truth, interpolation, decoders, bad clips, resume."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+from blurforge.blur import linear_to_srgb, srgb_to_linear
+from blurforge.frames import parse_window, run_frames
+from blurforge.manifest import read_errors, read_manifest, sha256_file
+from blurforge.seeding import seed_for
+from conftest import photo
+
+H, W, X0, Y0 = 128, 192, 320, 40  # frame size and where frame 0 sits in the 512×512 astronaut
+
+
+def texture() -> np.ndarray:
+    return photo("astronaut")
+
+
+def make_clip(path: Path, v: int, n: int, fourcc: str = "FFV1", fps: float = 30) -> Path:
+    """A clip of the astronaut moving right by ``v`` px per frame: frame i is the crop at X0 - v·i."""
+    tex = texture()
+    assert X0 - v * (n - 1) >= 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (W, H))
+    assert writer.isOpened(), f"OpenCV cannot write {fourcc}"
+    for i in range(n):
+        writer.write(np.ascontiguousarray(tex[Y0 : Y0 + H, X0 - v * i : X0 - v * i + W, ::-1]))
+    writer.release()
+    return path
+
+
+def continuous_blur(v: int, centre: int, window: int) -> np.ndarray:
+    """Ground truth: the centre frame box-blurred horizontally over the motion during the window
+    (every integer shift from -h·v to +h·v, averaged in linear light), as sRGB float."""
+    tex = srgb_to_linear(texture() / np.float32(255))
+    h = window // 2
+    shifts = range(-h * v, h * v + 1)
+    acc = sum(tex[Y0 : Y0 + H, X0 - v * centre - s : X0 - v * centre - s + W] for s in shifts)
+    return linear_to_srgb(acc / len(shifts))
+
+
+def rows_by_key(out: Path) -> dict:
+    return {r["key"]: r for r in ds.dataset(out / "manifest", format="parquet").to_table().to_pylist()}
+
+
+def errors_of(out: Path) -> list[dict]:
+    return read_errors(out).to_pylist()
+
+
+def blur_error(out: Path, v: int, window: int) -> float:
+    """Mean abs error (sRGB, 0..1) of every pair's blurry image against ``continuous_blur``,
+    on the interior (the border columns whose box reaches past the frame are left out)."""
+    margin = (window // 2) * v + 8
+    errs = []
+    for r in rows_by_key(out).values():
+        c = json.loads(r["params"])["centre"]
+        got = cv2.imread(str(out / r["blur_path"]))[..., ::-1] / 255.0
+        errs.append(np.abs(got - continuous_blur(v, c, window))[:, margin:-margin].mean())
+    assert errs
+    return float(np.mean(errs))
+
+
+# ---------------------------------------------------------------------------- ground truth
+
+
+@pytest.mark.parametrize("decoder", ["decord", "av"])
+@pytest.mark.parametrize("fourcc,ext,tol", [("FFV1", "mkv", 0.0015), ("MJPG", "avi", 0.008)])
+def test_average_is_the_box_blur_of_the_centre_frame(tmp_path, decoder, fourcc, ext, tol):
+    # 1 px/frame, 9 frames: the average is exactly a 9-tap horizontal box in linear light.
+    # Measured: FFV1 (lossless) 0.00098 = 8-bit rounding alone; MJPG 0.0049.
+    make_clip(tmp_path / "v" / f"pan.{ext}", v=1, n=20, fourcc=fourcc)
+    s = run_frames(tmp_path / "v", tmp_path / "out", seed=0, decoder=decoder, window=9, progress=False)
+    assert (s.pairs, s.errors) == (2, 0)
+    assert blur_error(tmp_path / "out", v=1, window=9) < tol
+    for r in rows_by_key(tmp_path / "out").values():  # the sharp image is the centre frame, bit-exact
+        c = json.loads(r["params"])["centre"]
+        sharp = cv2.imread(str(tmp_path / "out" / r["sharp_path"]))[..., ::-1].astype(int)
+        truth = texture()[Y0 : Y0 + H, X0 - c : X0 - c + W].astype(int)
+        assert np.abs(sharp - truth).max() <= (0 if fourcc == "FFV1" else 40)
+
+
+def test_interpolation_removes_ghosting_at_large_motion(tmp_path):
+    # 8 px/frame, 5 frames: without in-betweens the average is 5 ghosts 8 px apart; with K=7
+    # the virtual frames are 1 px apart, as the continuous 33 px box.
+    # Measured: K=0 0.0184, K=7 0.00098 (the 8-bit rounding floor).
+    make_clip(tmp_path / "v" / "fast.mkv", v=8, n=36)
+    errors = {}
+    for k in (0, 7):
+        out = tmp_path / f"k{k}"
+        s = run_frames(tmp_path / "v", out, seed=0, window=5, interpolate=k, progress=False)
+        assert s.pairs == 7 and s.errors == 0
+        errors[k] = blur_error(out, v=8, window=5)
+    assert errors[0] > 0.012, errors
+    assert errors[7] < 0.002, errors
+    assert errors[0] > 5 * errors[7], errors
+
+
+def test_gamma_response_differs_from_srgb_and_linear(tmp_path):
+    make_clip(tmp_path / "v" / "pan.mkv", v=2, n=12)
+    hashes = {}
+    for response in ("srgb", "gamma2.2", "linear"):
+        run_frames(tmp_path / "v", tmp_path / response, seed=0, window=5, response=response, progress=False)
+        (row,) = [r for r in rows_by_key(tmp_path / response).values() if r["key"].endswith("/2")]
+        assert json.loads(row["params"])["response"] == response
+        hashes[response] = row["blur_sha256"]
+    assert len(set(hashes.values())) == 3
+
+
+# ------------------------------------------------------------------------------- decoders
+
+
+@pytest.mark.parametrize("fourcc,ext", [("FFV1", "mkv"), ("MJPG", "avi")])
+def test_decoders_give_the_same_frames(tmp_path, fourcc, ext):
+    from blurforge.video import open_video
+
+    path = make_clip(tmp_path / f"c.{ext}", v=3, n=12, fourcc=fourcc)
+    with open_video(path, "decord") as a, open_video(path, "av") as b:
+        fa, fb = list(a), list(b)
+        assert a.reported_length == b.reported_length == 12
+        assert a.fps == pytest.approx(b.fps) == pytest.approx(30)
+        assert len(fa) == len(fb) == 12
+        assert all(np.array_equal(x, y) for x, y in zip(fa, fb))
+        assert fa[0].shape == (H, W, 3) and fa[0].dtype == np.uint8
+        assert np.array_equal(a.read(7), fa[7]) and np.array_equal(b.read(7), fb[7])
+
+
+# ------------------------------------------------------------------------------ bad clips
+
+
+def test_bad_clips_become_error_rows(tmp_path):
+    d = tmp_path / "v"
+    make_clip(d / "good.mkv", v=2, n=12)
+    make_clip(d / "short.mkv", v=2, n=3)
+    (d / "text.mp4").write_text("not a video")
+    (d / "empty.avi").write_bytes(b"")
+    full = make_clip(tmp_path / "x.avi", v=2, n=30, fourcc="MJPG").read_bytes()
+    (d / "truncated.avi").write_bytes(full[: len(full) // 2])
+    damaged = bytearray(make_clip(tmp_path / "y.mkv", v=2, n=30).read_bytes())
+    third = len(damaged) // 3
+    damaged[third : third + 2000] = bytes((b * 7 + 13) % 256 for b in damaged[third : third + 2000])
+    (d / "damaged.mkv").write_bytes(bytes(damaged))
+
+    for decoder in ("decord", "av"):
+        out = tmp_path / decoder
+        s = run_frames(d, out, seed=0, decoder=decoder, window=5, progress=False)
+        assert not s.failed
+        clips = {json.loads(r["params"])["video"] for r in rows_by_key(out).values()}
+        errs = {Path(e["input"]).name: e for e in errors_of(out)}
+        assert "good.mkv" in clips
+        assert {"short.mkv", "text.mp4", "empty.avi", "damaged.mkv"} <= errs.keys()
+        assert not clips & errs.keys(), "a bad clip contributes no pairs"
+        assert "fewer than the window" in errs["short.mkv"]["error"]
+        assert errs["text.mp4"]["stage"] == errs["empty.avi"]["stage"] == "open"
+        assert errs["damaged.mkv"]["stage"] in ("decode", "length")
+        for name, e in errs.items():
+            assert name in e["error"] and e["key"] == f"frames/{name}"
+        # the files of dropped clips are removed; every listed file exists
+        files = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+        listed = {r[c] for r in rows_by_key(out).values() for c in ("blur_path", "sharp_path")}
+        assert files == listed
+    # a truncated AVI keeps its header's frame count: PyAV reports 30 and decodes 15
+    av_err = {Path(e["input"]).name: e for e in errors_of(tmp_path / "av")}["truncated.avi"]
+    assert av_err["stage"] == "length" and "over-reported" in av_err["error"]
+    # decord counts the packets that are left, so it decodes the remaining 15 frames cleanly
+    assert "truncated.avi" in {json.loads(r["params"])["video"] for r in rows_by_key(tmp_path / "decord").values()}
+
+
+class _FakeClip:
+    """A decoder that lies: ``behaviour`` is over (reports 30, yields 20), under (reports 10,
+    yields forever) or hang (blocks after 3 frames until released)."""
+
+    def __init__(self, path, behaviour, release: threading.Event):
+        from blurforge.video import VideoClip
+
+        self.path, self.behaviour, self.decoder = str(path), behaviour, f"fake-{behaviour}"
+        self.release = release
+        self.reported_length = 10 if behaviour == "under" else 30
+        self.length_source, self.fps = "index", 30.0
+        self.close = lambda: None
+        self.frame = texture()[:H, :W]
+        assert VideoClip  # the interface these fakes stand in for
+
+    def __iter__(self):
+        i = 0
+        while True:
+            if self.behaviour == "over" and i == 20:
+                return
+            if self.behaviour == "hang" and i == 3:
+                self.release.wait()
+                return
+            yield self.frame
+            i += 1
+
+
+@pytest.mark.parametrize("behaviour,stage,text", [
+    ("over", "length", "over-reported"), ("under", "length", "kept yielding"), ("hang", "timeout", "timed out"),
+])
+def test_lying_or_hanging_decoders_are_recorded_not_trusted(tmp_path, monkeypatch, behaviour, stage, text):
+    from blurforge import video
+
+    release = threading.Event()
+    monkeypatch.setitem(video.DECODERS, "fake", lambda p: _FakeClip(p, behaviour, release))
+    make_clip(tmp_path / "v" / "a.mkv", v=1, n=2)
+    try:
+        s = run_frames(tmp_path / "v", tmp_path / "out", seed=0, decoder="fake", window=3, frame_timeout=0.5,
+                       progress=False)
+    finally:
+        release.set()  # let an abandoned decoder thread finish
+    assert (s.pairs, s.errors, s.failed) == (0, 1, [])
+    (err,) = errors_of(tmp_path / "out")
+    assert err["stage"] == stage and text in err["error"]
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+# ------------------------------------------------------------------- rows, keys, resume
+
+
+def test_rows_keys_seeds_and_window_ranges(tmp_path):
+    make_clip(tmp_path / "v" / "sub" / "pan.mkv", v=1, n=40)
+    out = tmp_path / "out"
+    s = run_frames(tmp_path / "v", out, seed=5, window="3:9", stride=4, interpolate=1, progress=False)
+    rows = rows_by_key(out)
+    centres = sorted(json.loads(r["params"])["centre"] for r in rows.values())
+    assert centres == list(range(4, 36, 4)) and s.pairs == len(centres)  # H = 9 // 2, c + H < 40
+    windows = set()
+    for key, r in rows.items():
+        p = json.loads(r["params"])
+        assert key == f"frames/sub/pan.mkv/{p['centre']}"
+        assert r["source"] == "frames" and r["seed"] == seed_for(5, key)
+        assert p["window"] in (3, 5, 7, 9) and p["frames"] == list(range(p["centre"] - p["window"] // 2,
+                                                                            p["centre"] + p["window"] // 2 + 1))
+        assert p["virtual_frames"] == p["window"] + (p["window"] - 1) * 1
+        assert p["decoder"] == "decord" and p["clip_frames"] == 40 and p["virtual_fps"] == pytest.approx(60)
+        assert (r["width"], r["height"]) == (W, H)
+        assert sha256_file(out / r["blur_path"]) == r["blur_sha256"]
+        windows.add(p["window"])
+    assert len(windows) > 1, "a range draws different windows"
+    assert len(read_manifest(out)) == len(rows)
+
+
+@pytest.mark.parametrize("text,expected", [("7", (7, 7)), ("7:13", (7, 13)), (5, (5, 5)), ((3, 9), (3, 9))])
+def test_parse_window(text, expected):
+    assert parse_window(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["4", "0", "9:7", "7:12", "x", "1:3:5"])
+def test_parse_window_rejects(bad):
+    with pytest.raises(ValueError, match="--window"):
+        parse_window(bad)
+
+
+def _three_clips(d: Path) -> Path:
+    for i, v in enumerate((1, 2, 3)):
+        make_clip(d / f"c{i}.mkv", v=v, n=11)
+    return d
+
+
+def test_same_output_for_any_worker_count(tmp_path):
+    d = _three_clips(tmp_path / "v")
+    kw = dict(seed=3, window="3:5", interpolate=2, stride=2, shard_size=1, progress=False)
+    run_frames(d, tmp_path / "w1", workers=1, **kw)
+    run_frames(d, tmp_path / "w2", workers=2, **kw)
+    a, b = rows_by_key(tmp_path / "w1"), rows_by_key(tmp_path / "w2")
+    assert a.keys() == b.keys() and len(a) == 12
+    assert all(a[k] == b[k] for k in a)
+
+
+def test_resume_after_partial_run_matches_a_full_run(tmp_path):
+    d = _three_clips(tmp_path / "v")
+    kw = dict(seed=0, window=3, interpolate=1, shard_size=1, progress=False)
+    run_frames(d, tmp_path / "ref", **kw)
+    out = tmp_path / "out"
+    run_frames(d, out, **kw)
+    # as if killed: shard 1 wrote its tables but not its stats file, shard 2 never ran
+    (out / "stats" / "shard-00001.json").unlink()
+    for sub in ("manifest", "errors", "stats"):
+        (out / sub / f"shard-00002.{'json' if sub == 'stats' else 'parquet'}").unlink()
+    (out / "blur" / ".half.png.tmp").write_bytes(b"partial")
+    s = run_frames(d, out, **kw)
+    assert (s.shards, s.skipped) == (3, 1)
+    a, b = rows_by_key(tmp_path / "ref"), rows_by_key(out)
+    assert a == b
+    assert not list(out.rglob("*.tmp"))
+    with pytest.raises(ValueError, match="other settings"):
+        run_frames(d, out, **{**kw, "window": 5})

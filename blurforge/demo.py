@@ -1,7 +1,8 @@
 """``blurforge demo``: the data pipeline end to end on scikit-image's bundled photographs.
 
-Runs the same CLI commands a user would: kernels → synthesize (clean, and with the RSBlur realism
-stage) → build-manifest (with splits and verification) → inspect (with a preview PNG). One input
+Runs the same CLI commands a user would: kernels → synthesize (uniform, uniform with the RSBlur
+realism stage, and object-wise non-uniform with the classical segmenter) → frames (on a camera
+pan it renders itself) → build-manifest (with splits and verification) → inspect (with a preview). One input
 is deliberately broken to show that failures land in the errors table instead of stopping the run.
 """
 
@@ -39,6 +40,26 @@ def write_demo_photos(directory: Path) -> list[Path]:
     return paths
 
 
+def write_demo_video(path: Path, frames: int = 40, size: tuple[int, int] = (320, 240), speed: int = 4) -> Path:
+    """A camera pan across a bundled photograph (``speed`` px/frame, small vertical shake), as a
+    lossless FFV1 video: the frames job's input, with motion we know."""
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    w, h = size
+    photo = cv2.resize(data.coffee(), (w + speed * frames + 8, h + 8), interpolation=cv2.INTER_AREA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 30.0, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"{path}: OpenCV cannot write FFV1 video here")
+    for i in range(frames):
+        dy = int(round(3 + 2 * np.sin(i / 3.0)))
+        writer.write(np.ascontiguousarray(photo[dy : dy + h, speed * i : speed * i + w, ::-1]))
+    writer.release()
+    return path
+
+
 def run_demo(out: Path, quiet: bool = False) -> int:
     from blurforge.cli import main
 
@@ -47,6 +68,14 @@ def run_demo(out: Path, quiet: bool = False) -> int:
     photos = out / "photos"
     write_demo_photos(photos)
     print(f"demo: {len(DEMO_PHOTOS)} sample photographs (+1 broken file) -> {photos}")
+    video = write_demo_video(out / "videos" / "pan.mkv")
+    print(f"demo: a 40-frame camera pan (4 px/frame) -> {video}")
+    try:
+        import decord  # noqa: F401
+
+        decoder = "decord"
+    except ImportError:
+        decoder = "av"
 
     steps = [
         ["kernels", "--count", "256", "--seed", "0", "--size", "63", "--out", str(out / "kernels.parquet"),
@@ -57,8 +86,13 @@ def run_demo(out: Path, quiet: bool = False) -> int:
         ["synthesize", "--sharp", str(photos), "--kernels", str(out / "kernels.parquet"),
          "--out", str(out / "uniform-rsblur"), "--seed", "1", "--noise", "rsblur", "--saturation",
          "--jpeg-quality", "90", "--key-prefix", "uniform-rsblur", "--shard-size", "4", "--workers", "2"],
-        ["build-manifest", str(out / "uniform"), str(out / "uniform-rsblur"),
-         "--out", str(out / "manifest.parquet"), "--val-fraction", "0.2", "--test-fraction", "0.2", "--verify"],
+        ["synthesize", "--sharp", str(photos), "--kernels", str(out / "kernels.parquet"),
+         "--out", str(out / "nonuniform"), "--seed", "2", "--mode", "nonuniform", "--segmenter", "classical",
+         "--max-objects", "4", "--shard-size", "4", "--workers", "2"],
+        ["frames", "--videos", str(out / "videos"), "--out", str(out / "frames"), "--seed", "0",
+         "--decoder", decoder, "--window", "7", "--interpolate", "3", "--stride", "5"],
+        ["build-manifest", str(out / "uniform"), str(out / "uniform-rsblur"), str(out / "nonuniform"),
+         str(out / "frames"), "--out", str(out / "manifest.parquet"), "--val-fraction", "0.2", "--test-fraction", "0.2", "--verify"],
         ["inspect", str(out / "manifest.parquet"), "--preview", str(out / "pairs.png")],
     ]
     for argv in steps:

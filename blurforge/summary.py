@@ -81,13 +81,21 @@ def _thumb(path: Path, size: int) -> np.ndarray:
 
 
 def pairs_contact_sheet(m: Manifest, path: str | Path, count: int = 8, size: int = 192) -> Path:
-    """A PNG with one row per pair (blurry | sharp), the first ``count`` pairs by key."""
+    """A PNG with one row per pair (blurry | sharp): ``count`` pairs taken in turn from each source
+    (first keys of each), so every kind of pair in the manifest shows."""
     import cv2
 
-    t = m.table.sort_by("key").slice(0, count)
+    by_source: dict[str, list[dict]] = {}
+    for r in m.table.sort_by("key").to_pylist():
+        by_source.setdefault(r["source"], []).append(r)
+    chosen: list[dict] = []
+    for i in range(count):
+        for source in sorted(by_source):
+            if len(chosen) < count and i < len(by_source[source]):
+                chosen.append(by_source[source][i])
     rows = []
     pad = 4
-    for r in t.to_pylist():
+    for r in chosen:
         blur = _thumb(m.abspath(r["blur_path"]), size)
         sharp = _thumb(m.abspath(r["sharp_path"]), size)
         gap = np.zeros((size, pad, 3), np.uint8)

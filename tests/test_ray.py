@@ -81,3 +81,16 @@ def test_failed_shards_are_retried_then_reported(ray_cluster, tmp_path, backend)
     s = run_shards(flaky_worker, tasks, workers=2, progress=False, backend=backend, retries=1)
     assert [f["shard"] for f in s.failed] == ["shard-00001"]
     assert "permanent failure" in s.failed[0]["error"]
+
+
+def test_frames_are_byte_identical_under_ray(ray_cluster, tmp_path):
+    from blurforge.demo import write_demo_video
+
+    for i in range(2):
+        write_demo_video(tmp_path / "videos" / f"clip{i}.mkv", frames=12, size=(96, 64), speed=2 + i)
+    base = ["frames", "--videos", str(tmp_path / "videos"), "--seed", "3", "--window", "5", "--interpolate", "1",
+            "--decoder", "av", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "local")]) == 0
+    assert main(base + ["--out", str(tmp_path / "ray"), "--workers", "2", "--backend", "ray"]) == 0
+    local = digest_tree(tmp_path / "local")
+    assert local == digest_tree(tmp_path / "ray") and any(k.startswith("blur/") for k in local)

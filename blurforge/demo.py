@@ -14,8 +14,9 @@ from pathlib import Path
 DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera")
 
 
-def write_demo_photos(directory: Path) -> list[Path]:
-    """Save scikit-image's bundled sample photographs as PNG (no network needed)."""
+def write_demo_photos(directory: Path, max_side: int | None = None) -> list[Path]:
+    """Save scikit-image's bundled sample photographs as PNG (no network needed), optionally
+    shrunk so the long side is at most ``max_side`` pixels."""
     try:
         from skimage import data
     except ImportError as exc:
@@ -30,6 +31,10 @@ def write_demo_photos(directory: Path) -> list[Path]:
     paths = []
     for name in DEMO_PHOTOS:
         img = getattr(data, name)()
+        if max_side and max(img.shape[:2]) > max_side:
+            scale = max_side / max(img.shape[:2])
+            img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)),
+                             interpolation=cv2.INTER_AREA)
         if img.ndim == 3:
             img = cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2BGR)
         path = directory / f"{name}.png"
@@ -60,15 +65,18 @@ def write_demo_video(path: Path, frames: int = 40, size: tuple[int, int] = (320,
     return path
 
 
-def run_demo(out: Path, quiet: bool = False) -> int:
+def run_demo(out: Path, quiet: bool = False, max_side: int | None = None) -> int:
+    """Run the data pipeline into ``out``; ``max_side`` shrinks the photographs and the video
+    (the deblurdiff demo uses small images so its CPU model runs in seconds)."""
     from blurforge.cli import main
 
     t0 = time.perf_counter()
     q = ["--quiet"] if quiet else []
     photos = out / "photos"
-    write_demo_photos(photos)
+    write_demo_photos(photos, max_side)
     print(f"demo: {len(DEMO_PHOTOS)} sample photographs (+1 broken file) -> {photos}")
-    video = write_demo_video(out / "videos" / "pan.mkv")
+    small = bool(max_side and max_side < 320)
+    video = write_demo_video(out / "videos" / "pan.mkv", size=(max_side, max_side * 3 // 4) if small else (320, 240))
     print(f"demo: a 40-frame camera pan (4 px/frame) -> {video}")
     try:
         import decord  # noqa: F401
@@ -77,8 +85,10 @@ def run_demo(out: Path, quiet: bool = False) -> int:
     except ImportError:
         decoder = "av"
 
+    # the paper's 63x63 / [1, 1000] px kernels; a smaller support for the shrunk images
+    kernel_args = ["--size", "31", "--length-max", "150"] if small else ["--size", "63"]
     steps = [
-        ["kernels", "--count", "256", "--seed", "0", "--size", "63", "--out", str(out / "kernels.parquet"),
+        ["kernels", "--count", "256", "--seed", "0", *kernel_args, "--out", str(out / "kernels.parquet"),
          "--preview", str(out / "kernels.png"), "--workers", "2"],
         ["synthesize", "--sharp", str(photos), "--kernels", str(out / "kernels.parquet"),
          "--out", str(out / "uniform"), "--seed", "0", "--pairs-per-image", "2", "--shard-size", "4",

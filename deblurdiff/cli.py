@@ -1,7 +1,7 @@
-"""The ``deblurdiff`` command line.
+"""The ``deblurdiff`` command line: describe, train, infer, evaluate, demo.
 
-``describe`` builds a model from a preset and reports its parts. ``train``, ``infer`` and
-``evaluate`` are not implemented in this version: they say so and exit with status 2.
+Each command's options and implementation live in its module (``train.py``, ``infer.py``,
+``evaluate.py``); torch and diffusers are imported only when a command runs.
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-NOT_YET = {
-    "train": "train the model on blurforge manifests",
-    "infer": "deblur images with a trained checkpoint",
-    "evaluate": "score predictions against a manifest's test split",
-}
+EPILOG = """\
+typical run:
+  deblurdiff train --manifest manifest.parquet --preset sd21-base --pretrained SD_DIR --output-dir run/ \\
+      --mixed-precision bf16 --gradient-checkpointing
+  deblurdiff infer --checkpoint run/final --input blurry/ --output deblurred/ --sampler ddim --steps 20
+  deblurdiff evaluate --manifest manifest.parquet --split test --predictions deblurred/ --out report.csv
+"""
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -36,53 +38,68 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_implemented(args: argparse.Namespace) -> int:
-    print(
-        f"deblurdiff {args.command}: NOT IMPLEMENTED in this version — only the model "
-        "('deblurdiff describe') exists so far.",
-        file=sys.stderr,
-    )
-    return 2
+def cmd_demo(args: argparse.Namespace) -> int:
+    from deblurdiff.demo import run_demo
+
+    return run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from deblurdiff import __version__
+    from deblurdiff.evaluate import add_evaluate_arguments, run_evaluate
+    from deblurdiff.infer import add_infer_arguments, run_infer
+    from deblurdiff.train import add_train_arguments, run_train
 
     p = argparse.ArgumentParser(
         prog="deblurdiff",
         description="Train and run DeblurDiff (LKPN + EAC + ControlNet on Stable Diffusion) on blurforge manifests.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     p.add_argument("--version", action="version", version=f"deblurdiff {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    d = sub.add_parser("describe", help="build a model from a preset and list its parts and parameter counts",
-                       allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    def add(name, func, help_, formatter=argparse.ArgumentDefaultsHelpFormatter):
+        sp = sub.add_parser(name, help=help_, description=help_, allow_abbrev=False, formatter_class=formatter)
+        sp.set_defaults(func=func)
+        return sp
+
+    d = add("describe", cmd_describe, "build a model from a preset and list its parts and parameter counts")
     d.add_argument("--preset", choices=["tiny", "sd21-base", "sd15"], default="tiny",
                    help="tiny: seeded random model for CPU tests; sd*: load from --pretrained")
     d.add_argument("--pretrained", metavar="SD_DIR", help="local diffusers folder of Stable Diffusion (sd presets)")
     d.add_argument("--variant", choices=["lkpn", "blurry", "lkpn-direct", "lkpn-static"], default="lkpn",
                    help="conditioning variant (the paper's ablations)")
     d.add_argument("--seed", type=int, default=0, help="seed of the tiny preset's random weights")
-    d.set_defaults(func=cmd_describe)
-    for name, help_ in NOT_YET.items():
-        sp = sub.add_parser(name, help=f"{help_} (not implemented yet)", add_help=True)
-        sp.set_defaults(func=_not_implemented)
+
+    add_train_arguments(add("train", run_train, "train DeblurDiff (ControlNet + LKPN) on blurforge manifests",
+                            argparse.RawDescriptionHelpFormatter))
+    add_infer_arguments(add("infer", run_infer, "deblur images, a folder or a manifest split with a checkpoint"))
+    add_evaluate_arguments(add("evaluate", run_evaluate,
+                               "score predictions against a manifest split (PSNR/SSIM, optional LPIPS and "
+                               "no-reference metrics)"))
+    demo = add("demo", cmd_demo, "the whole mission on the embedded default: blurforge demo data -> train the tiny "
+                                 "preset briefly -> infer -> evaluate")
+    demo.add_argument("--out", default="demo_out", help="output directory")
+    demo.add_argument("--steps", type=int, default=60, help="training steps of the tiny preset")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    if args.command in NOT_YET:
-        return _not_implemented(args)
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, NotImplementedError) as exc:
+    except KeyboardInterrupt:
+        print(f"deblurdiff {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, NotImplementedError,
+            ImportError) as exc:
         print(f"deblurdiff {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,733 @@
+"""``deblurdiff train``: train the ControlNet and LKPN of DeblurDiff on blurforge manifests.
+
+One CPU, one GPU, or many (``accelerate launch`` / ``torchrun``) through accelerate's
+``Accelerator``; nothing home-made for distribution except sharding the sample stream by rank
+(``deblurdiff.data.SampleStream``).
+
+One optimizer step::
+
+    for each of --grad-accum micro-batches (per process):
+        losses = model.training_losses(blurry, sharp, noise_generator)   # autocast
+        backward(losses["loss"])        # always, so DDP ranks stay in lock-step
+    if any process saw a non-finite loss, or the gradient norm is non-finite:
+        skip: zero the gradients, no optimizer or LR step, count it (skipped_nonfinite)
+    else:
+        clip to --max-grad-norm, optimizer step, LR step
+
+Mixed precision: the frozen VAE and UNet are cast to fp16/bf16; the trained ControlNet and LKPN
+keep fp32 master weights; the forward runs under autocast (fp16 adds accelerate's GradScaler,
+whose overflow skips are counted as ``skipped_overflow``).
+
+Outputs in ``--output-dir D``:
+
+- ``D/metrics.jsonl``: one JSON object per logged step (``type: "train"``: step, epoch, sample,
+  loss, loss_eps, loss_latent, [loss_pixel], lr, grad_norm, samples_per_s, skipped_nonfinite,
+  skipped_overflow, padded_samples, elapsed_s) and per validation (``type: "val"``: psnr, ssim and
+  the blurry input's psnr/ssim as a baseline). Non-finite values are written as null.
+- ``D/checkpoint-STEP/``: ``model/`` (``DeblurDiff.save_pretrained``), ``optimizer.pt``,
+  ``scheduler.pt``, ``scaler.pt`` (fp16), ``rng-RANK.pt`` (python, numpy, torch, cuda and the
+  noise generator), ``state.json`` (step, data position, counters, args; written last). Written
+  to ``D/.checkpoint-STEP.tmp`` and renamed, so a checkpoint directory is always complete; the
+  newest ``--keep-checkpoints`` are kept.
+- ``D/final/``: ``DeblurDiff.save_pretrained`` — ``DeblurDiff.from_pretrained(D/final)`` loads it.
+- ``D/val/step-N/KEY.png``: blurry | output | sharp, side by side.
+
+Resuming (``--resume latest`` or a checkpoint path) restores the trained weights, optimizer,
+LR scheduler, RNG states and data position, and trims ``metrics.jsonl`` to the checkpoint's
+step: the resumed run continues the same loss curve, step for step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EPILOG = """\
+defaults follow the paper (Kong et al. 2025): Adam-family optimizer at lr 5e-5 (AdamW with
+weight decay 0 is exactly Adam), 512x512 crops, batch 128 (8 GPUs x 16), 100k steps.
+The released code uses AdamW lr 1e-4, batch 64, 200k steps, fp32 and gradient checkpointing:
+  --lr 1e-4 --max-steps 200000 --mixed-precision no --gradient-checkpointing
+  (batch 64 = --batch-size x --grad-accum x number of processes)
+
+--batch-size is per process; the effective batch is batch-size x grad-accum x processes.
+Pairs smaller than --resolution are reflect-padded (--small-pairs pad) or dropped (skip);
+either way they are counted in the summary and metrics.
+
+examples:
+  deblurdiff train --manifest pairs/ --preset tiny --resolution 32 --max-steps 100 --output-dir runs/tiny
+  accelerate launch -m deblurdiff train --manifest m.parquet --preset sd21-base --pretrained SD21 \\
+      --output-dir runs/sd --batch-size 16 --mixed-precision bf16 --gradient-checkpointing
+  deblurdiff train ... --output-dir runs/sd --resume latest      # continue after a crash / preemption
+"""
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_NAME = "state.json"
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    v = float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``train`` options to ``p`` (and its epilog); returns ``p``."""
+    from deblurdiff.model import VARIANTS
+
+    p.description = " ".join(filter(None, [
+        p.description,
+        "Train DeblurDiff's ControlNet and LKPN (frozen Stable Diffusion) on the train split of "
+        "blurforge manifests. Runs on one CPU/GPU, or on many with 'accelerate launch'.",
+    ]))
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+    g = p.add_argument_group("data")
+    g.add_argument("--manifest", action="append", required=True, metavar="M",
+                   help="blurforge manifest (.parquet, shard dir or synthesize output); repeat for several")
+    g.add_argument("--manifest-weight", action="append", type=_nonneg_float, metavar="W",
+                   help="share of the draws for each --manifest, in order (default: every pair once per epoch)")
+    g.add_argument("--resolution", metavar="PX", type=_positive_int, default=512, help="square crop size in pixels (default 512)")
+    g.add_argument("--small-pairs", choices=["pad", "skip"], default="pad",
+                   help="pairs smaller than the crop: reflect-pad them or drop them (counted either way; default pad)")
+    g.add_argument("--no-flip", action="store_true", help="no random horizontal/vertical flips")
+    g.add_argument("--num-workers", metavar="N", type=_nonneg_int, default=2, help="DataLoader worker processes (default 2)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", choices=["sd21-base", "sd15", "tiny"], default="sd21-base",
+                   help="frozen SD parts: sd* from --pretrained, tiny = seeded random miniature (default sd21-base)")
+    g.add_argument("--pretrained", metavar="SD_DIR", help="local diffusers folder of Stable Diffusion (sd presets)")
+    g.add_argument("--variant", choices=list(VARIANTS), default="lkpn", help="conditioning variant (default lkpn)")
+    g.add_argument("--eps-loss-weight", metavar="W", type=_nonneg_float, default=1.0, help="weight of mse(eps_pred, eps) (default 1)")
+    g.add_argument("--latent-loss-weight", metavar="W", type=_nonneg_float, default=1.0, help="weight of mse(z_s, z0) (default 1)")
+    g.add_argument("--pixel-loss-weight", metavar="W", type=_nonneg_float, default=0.0,
+                   help="weight of the paper's pixel loss through the frozen decoder (default 0 = off)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", metavar="B", type=_positive_int, default=4, help="pairs per process per micro-batch (default 4)")
+    g.add_argument("--grad-accum", metavar="N", type=_positive_int, default=1, help="micro-batches per optimizer step (default 1)")
+    g.add_argument("--max-steps", metavar="N", type=_positive_int, default=100_000, help="optimizer steps in total (default 100000)")
+    g.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw",
+                   help="adamw (decoupled weight decay) or adam (L2 in the gradient) (default adamw)")
+    g.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5, the paper)")
+    g.add_argument("--weight-decay", metavar="WD", type=_nonneg_float, default=0.0, help="default 0 (= Adam)")
+    g.add_argument("--lr-warmup", type=_nonneg_int, default=0, metavar="STEPS",
+                   help="linear warm-up steps, then constant (default 0)")
+    g.add_argument("--max-grad-norm", metavar="NORM", type=_nonneg_float, default=1.0, help="gradient clipping, 0 = off (default 1)")
+    g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
+                   help="half-precision frozen parts + autocast; trained weights stay fp32 (default no)")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    g.add_argument("--seed", metavar="S", type=int, default=0, help="seeds the new weights, the data order, crops and noise")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--output-dir", required=True, metavar="D", help="run directory (metrics, checkpoints, final/)")
+    g.add_argument("--checkpoint-every", metavar="N", type=_nonneg_int, default=1000, help="steps between checkpoints, 0 = only at the end")
+    g.add_argument("--keep-checkpoints", metavar="K", type=_nonneg_int, default=3, help="newest checkpoints kept, 0 = all (default 3)")
+    g.add_argument("--resume", metavar="latest|PATH",
+                   help="continue from the newest complete checkpoint in --output-dir (latest; starts fresh if "
+                        "there is none) or from the checkpoint directory PATH")
+    g.add_argument("--log-every", metavar="N", type=_positive_int, default=10, help="steps per metrics.jsonl line (default 10)")
+    g.add_argument("--val-every", metavar="N", type=_nonneg_int, default=1000, help="steps between validations, 0 = off (default 1000)")
+    g.add_argument("--val-count", metavar="N", type=_positive_int, default=4, help="val pairs (the first by key) (default 4)")
+    g.add_argument("--val-steps", metavar="N", type=_positive_int, default=20, help="DDIM steps of the validation sampler (default 20)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main_for_tests(argv: list[str]) -> int:
+    """Parse ``argv`` as the train subcommand's options and run; errors -> message + status 2."""
+    p = argparse.ArgumentParser(prog="deblurdiff train", allow_abbrev=False)
+    add_train_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run_train(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"deblurdiff train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """The ``train`` command: returns 0; bad inputs raise ``ValueError``/``FileNotFoundError``."""
+    try:
+        train(args)
+    except KeyboardInterrupt:
+        print(f"deblurdiff train: interrupted — re-run with --resume latest to continue from the newest "
+              f"checkpoint in {args.output_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+# ------------------------------------------------------------------------------- training parts
+
+
+def _loss_module_class():
+    """The class is built on first use so that importing this module (for ``--help``) skips torch."""
+    import torch
+
+    class TrainingLosses(torch.nn.Module):
+        """``forward(blurry, sharp, generator) -> model.training_losses(...)``: a forward for DDP and
+        accelerate's autocast wrapper to hook (DeblurDiff itself has no ``forward``)."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, blurry, sharp, generator=None):
+            return self.model.training_losses(blurry, sharp, generator=generator)
+
+    return TrainingLosses
+
+
+def half_dtype(mixed_precision: str):
+    """torch dtype of the frozen parts for ``--mixed-precision`` (None for 'no')."""
+    import torch
+
+    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+def cast_frozen(model, dtype) -> None:
+    """Cast the frozen VAE and UNet to ``dtype`` (no-op for None); trained parts stay fp32."""
+    import torch
+
+    if dtype is None:
+        return
+    for module in (model.vae, model.unet):
+        if getattr(module, "_keep_in_fp32_modules", None):
+            module.to(dtype=dtype)  # diffusers' own .to (warns about those modules)
+        else:  # nothing to keep in fp32: skip diffusers' .to, which warns even about an empty list
+            torch.nn.Module.to(module, dtype=dtype)
+
+
+def build_optimizer(params, name: str, lr: float, weight_decay: float):
+    import torch
+
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[name]
+    return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+def build_scheduler(optimizer, warmup: int):
+    """Constant LR after ``warmup`` linear steps: factor ``min(1, (s + 1) / (warmup + 1))`` at step s."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a checkpoint restores."""
+
+    step: int = 0  # optimizer steps taken (skipped ones included)
+    next_sample: int = 0  # data position: the next global sample number
+    skipped_nonfinite: int = 0
+    skipped_overflow: int = 0
+    padded_samples: int = 0  # samples (all processes) that were reflect-padded
+    samples: int = 0  # samples consumed (all processes)
+    extra: dict = field(default_factory=dict)
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those with state.json) in ``output_dir``, oldest first."""
+    found = []
+    if output_dir.is_dir():
+        for d in output_dir.iterdir():
+            m = CHECKPOINT_RE.match(d.name)
+            if m and (d / STATE_NAME).is_file():
+                found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def find_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint ``--resume`` names (None: start fresh)."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not (path / STATE_NAME).is_file():
+        raise FileNotFoundError(
+            f"--resume {resume}: {path / STATE_NAME} missing — not a complete checkpoint written by "
+            "'deblurdiff train'; use --resume latest to pick the newest complete one"
+        )
+    return path
+
+
+def rng_state(generator) -> dict:
+    import numpy as np
+    import torch
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "noise": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generator) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["noise"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(accelerator, output_dir: Path, model, optimizer, scheduler, generator,
+                    state: TrainState, args: argparse.Namespace, keep: int) -> Path:
+    """Write ``output_dir/checkpoint-STEP`` atomically (temp dir + rename) and prune old ones.
+
+    Every process writes its own ``rng-RANK.pt``; the main process writes the rest, ``state.json``
+    last, then renames. Assumes ``output_dir`` is shared by all processes.
+    """
+    import torch
+
+    target = output_dir / f"checkpoint-{state.step}"
+    tmp = output_dir / f".checkpoint-{state.step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(generator), tmp / f"rng-{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        model.save_pretrained(tmp / "model")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if accelerator.scaler is not None:
+            torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        record = {
+            "step": state.step,
+            "data_position": {"next_sample": state.next_sample},
+            "state": dataclasses.asdict(state),
+            "world_size": accelerator.num_processes,
+            "args": {k: v for k, v in vars(args).items() if k != "func"},
+            "time": time.time(),
+        }
+        (tmp / STATE_NAME).write_text(json.dumps(record, indent=1, default=str) + "\n")
+        old = None
+        if target.exists():
+            old = output_dir / f".{target.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old)
+        if keep > 0:
+            for _, d in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(d)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, generator) -> TrainState:
+    """Restore trained weights, optimizer, scheduler, scaler and RNG from ``path``; returns the state."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from deblurdiff.lkpn import LKPN
+    from deblurdiff.model import CONFIG_NAME
+
+    record = json.loads((path / STATE_NAME).read_text())
+    saved = json.loads((path / "model" / CONFIG_NAME).read_text())["config"]
+    now = dataclasses.asdict(model.config)
+    differ = sorted(k for k in now if k != "pretrained" and saved.get(k) != now[k])
+    if differ:
+        raise ValueError(
+            f"{path}: checkpoint was trained with {', '.join(f'{k}={saved.get(k)!r}' for k in differ)} "
+            f"but this run has {', '.join(f'{k}={now[k]!r}' for k in differ)} — resume with the same "
+            "--preset/--variant/--seed/loss weights, or start a new --output-dir"
+        )
+    src = ControlNetModel.from_pretrained(path / "model" / "controlnet", local_files_only=True)
+    model.controlnet.load_state_dict(src.state_dict())
+    if model.lkpn is not None:
+        model.lkpn.load_state_dict(LKPN.from_pretrained(path / "model" / "lkpn", local_files_only=True).state_dict())
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
+    if accelerator.scaler is not None and (path / "scaler.pt").is_file():
+        accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+    rng_file = path / f"rng-{accelerator.process_index}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False), generator)
+    else:
+        print(f"deblurdiff train: {rng_file} missing (the checkpoint came from {record.get('world_size')} "
+              "process(es)); this process keeps a fresh noise generator", file=sys.stderr)
+    s = record["state"]
+    return TrainState(**{k: s[k] for k in (f.name for f in dataclasses.fields(TrainState)) if k in s})
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+def _finite_or_none(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+
+    def trim(self, max_step: int) -> None:
+        """Keep only records with ``step <= max_step`` (called on resume), atomically."""
+        if not self.enabled:
+            return
+        lines = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill
+                    continue
+                if rec.get("step", 0) <= max_step:
+                    lines.append(line)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: _finite_or_none(v) for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+            f.flush()
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+def ddim_sample(model, z_lq, steps: int, generator):
+    """Short DDIM (eta 0) sampling: (B, 4, h, w) z_lq -> (B, 4, h, w) latent. Kernels are re-estimated
+    at every step inside ``model.predict_eps``. Initial noise from ``generator`` (CPU).
+
+    Validation uses ``deblurdiff.sampling.sample_ddim`` (the inference sampler) when that module is
+    there; this loop is the fallback, so training does not depend on it."""
+    try:
+        from deblurdiff.sampling import sample_ddim
+    except ImportError:
+        sample_ddim = None
+    if sample_ddim is not None:
+        return sample_ddim(model, z_lq, steps, generator)
+    import torch
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(model.scheduler.config)
+    sched.set_timesteps(steps)
+    z = torch.randn(z_lq.shape, generator=generator, dtype=torch.float32).to(z_lq.device) * sched.init_noise_sigma
+    for t in sched.timesteps:
+        pred, _ = model.predict_eps(z, t.to(z.device), z_lq)
+        z = sched.step(pred.float(), t, z).prev_sample
+    return z
+
+
+def psnr(a, b) -> float:
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(a, b) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=2, data_range=1.0))
+
+
+def validate(accelerator, model, val_set, step: int, args, out_dir: Path) -> dict:
+    """Sample the validation pairs, write side-by-side PNGs, return mean PSNR/SSIM (main process)."""
+    import numpy as np
+    import torch
+
+    from blurforge.imageio import encode_image, write_bytes_atomic
+
+    model.eval()
+    step_dir = out_dir / "val" / f"step-{step}"
+    gen = torch.Generator().manual_seed(args.seed)  # the same noise at every validation
+    scores = {"psnr": [], "ssim": [], "psnr_blurry": [], "ssim_blurry": []}
+    with torch.no_grad(), accelerator.autocast():
+        for i in range(0, len(val_set), args.batch_size):
+            items = [val_set[j] for j in range(i, min(len(val_set), i + args.batch_size))]
+            blurry = torch.stack([it["blurry"] for it in items]).to(accelerator.device)
+            z_lq = model.encode(blurry).float()
+            out = model.decode(ddim_sample(model, z_lq, args.val_steps, gen)).float().cpu()
+            for it, o in zip(items, out):
+                b, s = (it["blurry"].permute(1, 2, 0).numpy(), it["sharp"].permute(1, 2, 0).numpy())
+                o = o.permute(1, 2, 0).numpy()
+                scores["psnr"].append(psnr(o, s))
+                scores["ssim"].append(ssim(o, s))
+                scores["psnr_blurry"].append(psnr(b, s))
+                scores["ssim_blurry"].append(ssim(b, s))
+                name = re.sub(r"[^A-Za-z0-9._-]+", "_", it["key"]) + ".png"
+                write_bytes_atomic(step_dir / name, encode_image(np.concatenate([b, o, s], axis=1)))
+    model.train()
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+@dataclass
+class TrainResult:
+    model: object  # the trained DeblurDiff (unwrapped)
+    state: TrainState
+    start_step: int
+    final_loss: float | None
+    output_dir: Path
+    final_dir: Path | None
+    checkpoint: Path | None
+    seconds: float
+
+
+def _check_args(args) -> None:
+    if args.preset != "tiny" and not args.pretrained:
+        raise ValueError(f"--preset {args.preset} needs --pretrained SD_DIR (a local diffusers copy); "
+                         "--preset tiny trains a seeded miniature without one")
+    if args.preset == "tiny" and args.pretrained:
+        raise ValueError("--preset tiny builds its frozen parts in-process; drop --pretrained")
+    if args.manifest_weight is not None and len(args.manifest_weight) != len(args.manifest):
+        raise ValueError(f"{len(args.manifest_weight)} --manifest-weight value(s) for {len(args.manifest)} "
+                         "--manifest(s) — give one weight per manifest, in the same order")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+
+
+def train(args: argparse.Namespace) -> TrainResult:
+    """Run training as ``args`` says (see :func:`add_train_arguments`); returns a :class:`TrainResult`."""
+    _check_args(args)
+    import numpy as np
+    import torch
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from deblurdiff.data import PairCrops, FixedPairs, SampleStream, load_pairs
+    from deblurdiff.presets import build_model
+
+    t_start = time.perf_counter()
+    out = Path(args.output_dir)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
+    main = accelerator.is_main_process
+    if args.mixed_precision == "fp16" and accelerator.device.type != "cuda":
+        raise ValueError(f"--mixed-precision fp16 needs a CUDA GPU (this run is on {accelerator.device.type}); "
+                         "use bf16, or no")
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    # -- where we start ---------------------------------------------------------------------
+    resume_from = find_checkpoint(out, args.resume)
+    if args.resume is None and list_checkpoints(out):
+        raise ValueError(f"{out} already holds checkpoints — pass --resume latest to continue that run, "
+                         "or choose another --output-dir")
+    if args.resume == "latest" and resume_from is None and main:
+        print(f"deblurdiff train: no checkpoint in {out} yet — starting from scratch", file=sys.stderr)
+
+    # -- data -------------------------------------------------------------------------------
+    pairs = load_pairs(args.manifest, "train", crop=args.resolution, small=args.small_pairs)
+    dataset = PairCrops(pairs, args.resolution, args.seed, args.manifest_weight, flips=not args.no_flip)
+    val_set = None
+    if args.val_every:
+        val_pairs = load_pairs(args.manifest, "val", crop=args.resolution, small="pad", allow_empty=True)
+        val_note = ""
+        if len(val_pairs) == 0:
+            val_pairs, val_note = pairs, " (no val split in the manifests: using the first train pairs)"
+        val_set = FixedPairs(val_pairs, args.resolution, args.val_count)
+        if main:
+            print(f"deblurdiff train: validating on {len(val_set)} pair(s) every {args.val_every} steps"
+                  f"{val_note}", file=sys.stderr)
+
+    # -- model ------------------------------------------------------------------------------
+    model = build_model(
+        args.preset, pretrained=args.pretrained, variant=args.variant, seed=args.seed,
+        loss_eps_weight=args.eps_loss_weight, loss_latent_weight=args.latent_loss_weight,
+        loss_pixel_weight=args.pixel_loss_weight,
+    )
+    f = model.vae_scale_factor
+    if args.resolution % f:
+        raise ValueError(f"--resolution {args.resolution} must be a multiple of the VAE's factor {f} "
+                         f"(preset {args.preset})")
+    cast_frozen(model, half_dtype(args.mixed_precision))
+    model.set_gradient_checkpointing(args.gradient_checkpointing)
+    model.train()
+    params = model.trainable_parameters()
+    optimizer = build_optimizer(params, args.optimizer, args.lr, args.weight_decay)
+    scheduler = build_scheduler(optimizer, args.lr_warmup)
+    noise_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([args.seed, 2, rank]).generate_state(1)[0]))
+    loss_module, optimizer = accelerator.prepare(_loss_module_class()(model), optimizer)
+
+    metrics = MetricsLog(out / "metrics.jsonl", main)
+    state = TrainState()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".checkpoint-*"):  # left by a run killed while writing a checkpoint
+            shutil.rmtree(stale, ignore_errors=True)
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from, model, optimizer, scheduler, noise_gen)
+        metrics.trim(state.step)
+        if main:
+            e, p = dataset.position(state.next_sample)
+            print(f"deblurdiff train: resumed from {resume_from} at step {state.step} "
+                  f"(epoch {e}, position {p})", file=sys.stderr)
+    else:
+        metrics.trim(-1)  # a run killed before its first checkpoint starts over
+    start_step = state.step
+    if state.step >= args.max_steps and main:
+        print(f"deblurdiff train: {resume_from} is already at step {state.step} >= --max-steps {args.max_steps}",
+              file=sys.stderr)
+
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=SampleStream(state.next_sample, rank, world),
+        num_workers=args.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+        persistent_workers=False,
+    )
+    batches = iter(loader)
+    global_batch = args.batch_size * world
+
+    # -- loop -------------------------------------------------------------------------------
+    bar = tqdm(total=args.max_steps, initial=state.step, desc="train", unit="step",
+               disable=not main or args.quiet, dynamic_ncols=True)
+    keys = ["loss", "loss_eps", "loss_latent"] + (["loss_pixel"] if args.pixel_loss_weight > 0 else [])
+    sums = torch.zeros(len(keys) + 1, dtype=torch.float64)  # finite step means + count, since the last log
+    t_log, samples_log = time.perf_counter(), state.samples
+    last_loss, grad_norm = None, float("nan")
+    last_ckpt = None
+    is_fp16 = args.mixed_precision == "fp16"
+    try:
+        while state.step < args.max_steps:
+            step_vals = torch.zeros(len(keys), dtype=torch.float64)
+            bad, skip = 0, False
+            for _ in range(args.grad_accum):
+                batch = next(batches)
+                blurry = batch["blurry"].to(accelerator.device, non_blocking=True)
+                sharp = batch["sharp"].to(accelerator.device, non_blocking=True)
+                with accelerator.accumulate(loss_module):
+                    losses = loss_module(blurry, sharp, noise_gen)
+                    loss = losses["loss"]
+                    vals = torch.tensor([float(losses[k].detach()) for k in keys], dtype=torch.float64)
+                    finite = bool(torch.isfinite(vals).all())
+                    bad += not finite
+                    step_vals += vals / args.grad_accum
+                    accelerator.backward(loss)  # always: keeps DDP ranks in lock-step
+                    if accelerator.sync_gradients:
+                        bad_all = int(accelerator.reduce(torch.tensor([bad], device=accelerator.device), "sum").item())
+                        skip = bad_all > 0
+                        if not skip:
+                            norm = accelerator.clip_grad_norm_(params, args.max_grad_norm or float("inf"))
+                            grad_norm = float(norm) if norm is not None else float("nan")
+                            skip = not math.isfinite(grad_norm) and not is_fp16  # fp16: the scaler handles it
+                        if skip:
+                            state.skipped_nonfinite += 1
+                        else:
+                            optimizer.step()
+                            if accelerator.optimizer_step_was_skipped:
+                                state.skipped_overflow += 1
+                            else:
+                                scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                state.padded_samples += sum(dataset.is_padded(g) for g in range(state.next_sample,
+                                                                                 state.next_sample + global_batch))
+                state.samples += global_batch
+                state.next_sample += global_batch
+            state.step += 1
+            if not skip:  # skipped steps stay out of the logged means (all processes agree on skip)
+                sums[:-1] += step_vals
+                sums[-1] += 1
+                last_loss = float(step_vals[0])
+            bar.update(1)
+
+            if state.step % args.log_every == 0 or state.step == args.max_steps:
+                tot = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()
+                now = time.perf_counter()
+                rate = (state.samples - samples_log) / max(now - t_log, 1e-9)
+                n = float(tot[-1])
+                epoch, pos = dataset.position(state.next_sample)
+                rec = {"type": "train", "step": state.step, "epoch": epoch, "sample": state.next_sample}
+                rec.update({k: (float(tot[i]) / n if n else float("nan")) for i, k in enumerate(keys)})
+                rec.update({
+                    "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "samples_per_s": rate,
+                    "skipped_nonfinite": state.skipped_nonfinite, "skipped_overflow": state.skipped_overflow,
+                    "padded_samples": state.padded_samples, "elapsed_s": now - t_start,
+                })
+                metrics.write(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rate:.1f}", refresh=False)
+                sums.zero_()
+                t_log, samples_log = now, state.samples
+
+            t_pause = time.perf_counter()  # validation and checkpoints do not count in samples/s
+            if val_set is not None and state.step % args.val_every == 0:
+                if main:
+                    scores = validate(accelerator, accelerator.unwrap_model(loss_module).model, val_set,
+                                      state.step, args, out)
+                    metrics.write({"type": "val", "step": state.step, **scores})
+                accelerator.wait_for_everyone()
+
+            if (args.checkpoint_every and state.step % args.checkpoint_every == 0) or state.step == args.max_steps:
+                last_ckpt = save_checkpoint(accelerator, out, model, optimizer, scheduler, noise_gen, state,
+                                            args, args.keep_checkpoints)
+            t_log += time.perf_counter() - t_pause
+    finally:
+        bar.close()
+
+    final_dir = None
+    if main:
+        final_dir = model.save_pretrained(out / "final")
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - t_start
+    if main:
+        small = ""
+        if pairs.small:
+            small = (f", {pairs.small} pair(s) smaller than {args.resolution}px "
+                     f"{'padded' if pairs.small_policy == 'pad' else 'skipped'}"
+                     + (f" ({state.padded_samples} padded samples seen)" if pairs.small_policy == "pad" else ""))
+        ran = state.step - start_step
+        loss_txt = f"{last_loss:.4f}" if last_loss is not None else "n/a"
+        print(
+            f"train: {ran} steps ({start_step} -> {state.step}) in {seconds:.1f} s, final loss {loss_txt}, "
+            f"{state.skipped_nonfinite} skipped non-finite, {state.skipped_overflow} fp16 overflow, "
+            f"{len(pairs)} train pairs from {len(pairs.counts)} manifest(s){small} -> {final_dir}"
+            + (f" (checkpoint {last_ckpt})" if last_ckpt else "")
+        )
+    return TrainResult(model, state, start_step, last_loss, out, final_dir, last_ckpt, seconds)

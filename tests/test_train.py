@@ -1,0 +1,301 @@
+"""deblurdiff train on the tiny preset: learning, exact resume (also after SIGKILL), checkpoints,
+final/ loading, non-finite skips, small-pair counting, validation images, clear input errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from blurforge.cli import main as blurforge
+from deblurdiff.model import DeblurDiff
+from deblurdiff.train import add_train_arguments, main_for_tests, train
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["--preset", "tiny", "--resolution", "32", "--batch-size", "2", "--log-every", "1", "--val-every", "0",
+        "--num-workers", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny model gains nothing from more, and on a shared 2-core machine
+    OpenMP's spinning threads can slow a step down many times over."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each run in this process builds its own Accelerator (mixed precision differs between tests)."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(photos_dir, small_bank, tmp_path_factory):
+    """8 pairs (96×64) from 4 photographs, all in the train split."""
+    out = tmp_path_factory.mktemp("train") / "pairs"
+    assert blurforge(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out", str(out),
+                      "--seed", "1", "--pairs-per-image", "2", "--quiet"]) == 0
+    return out
+
+
+def parse(*argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(allow_abbrev=False)
+    add_train_arguments(p)
+    return p.parse_args([str(a) for a in argv])
+
+
+def run(manifest, out, *extra):
+    return train(parse("--manifest", manifest, "--output-dir", out, *BASE, *extra))
+
+
+def records(out, kind="train") -> list[dict]:
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+RESUME_FLAGS = ("--checkpoint-every", 2, "--keep-checkpoints", 2, "--lr", 1e-3, "--num-workers", 1)
+
+
+@pytest.fixture(scope="module")
+def straight(pairs_dir, tmp_path_factory):
+    """An uninterrupted 6-step run: the reference for resuming."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    result = run(pairs_dir, out, "--max-steps", 6, *RESUME_FLAGS)
+    yield out, result
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
+def test_loss_falls_when_overfitting_and_validation_writes_images(pairs_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run(pairs_dir, out, "--max-steps", 30, "--lr", 3e-3, "--checkpoint-every", 0,
+                 "--val-every", 30, "--val-count", 2, "--val-steps", 2)
+    losses = [r["loss"] for r in records(out)]
+    assert len(losses) == 30 and result.state.step == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    (val,) = records(out, "val")
+    assert val["step"] == 30 and math.isfinite(val["psnr"]) and 0 < val["ssim_blurry"] <= 1
+    pngs = sorted((out / "val" / "step-30").glob("*.png"))
+    assert len(pngs) == 2
+    import cv2
+
+    assert cv2.imread(str(pngs[0])).shape == (32, 96, 3)  # blurry | output | sharp
+
+
+def test_resume_continues_the_same_loss_curve(straight, pairs_dir, tmp_path):
+    ref_out, _ = straight
+    out = tmp_path / "run"
+    first = run(pairs_dir, out, "--max-steps", 3, *RESUME_FLAGS)
+    assert first.checkpoint == out / "checkpoint-3"
+    second = run(pairs_dir, out, "--max-steps", 6, "--resume", "latest", *RESUME_FLAGS)
+    assert second.start_step == 3
+    ref = [r["loss"] for r in records(ref_out)]
+    got = [r["loss"] for r in records(out)]
+    assert [r["step"] for r in records(out)] == list(range(1, 7))
+    assert got == pytest.approx(ref, rel=1e-6, abs=1e-7)
+    s_ref = json.loads((ref_out / "checkpoint-6" / "state.json").read_text())
+    s_got = json.loads((out / "checkpoint-6" / "state.json").read_text())
+    assert s_ref["data_position"] == s_got["data_position"] == {"next_sample": 12}
+
+
+def test_checkpoints_are_complete_and_pruned(straight, pairs_dir):
+    out, result = straight
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-4", "checkpoint-6", "final", "metrics.jsonl"]
+    ckpt = out / "checkpoint-6"
+    for name in ("model/deblurdiff.json", "model/controlnet", "model/lkpn", "optimizer.pt", "scheduler.pt",
+                 "rng-0.pt", "state.json"):
+        assert (ckpt / name).exists(), name
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 6 and state["args"]["max_steps"] == 6
+    # a directory that already holds checkpoints is not silently overwritten
+    assert main_for_tests(["--manifest", str(pairs_dir), "--output-dir", str(out), *BASE, "--max-steps", "1"]) == 2
+
+
+def test_final_loads_with_from_pretrained_and_predicts_the_same(straight):
+    out, result = straight
+    loaded = DeblurDiff.from_pretrained(out / "final")
+    g = torch.Generator().manual_seed(0)
+    z_t, z_lq = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    with torch.no_grad():
+        want, _ = result.model.predict_eps(z_t, 500, z_lq)
+        got, _ = loaded.predict_eps(z_t, 500, z_lq)
+    assert torch.allclose(got, want, atol=1e-6)
+    from deblurdiff.presets import build_model
+
+    with torch.no_grad():
+        untrained, _ = build_model("tiny").predict_eps(z_t, 500, z_lq)
+    assert not torch.allclose(got, untrained, atol=1e-6)  # the saved weights are the trained ones
+
+
+KILL_SCRIPT = """
+import sys, time
+import torch
+torch.set_num_threads(1)  # as the in-process runs it is compared with
+from deblurdiff.model import DeblurDiff
+real = DeblurDiff.training_losses
+def slow(self, *a, **k):
+    time.sleep(0.5)
+    return real(self, *a, **k)
+DeblurDiff.training_losses = slow
+from deblurdiff.train import main_for_tests
+sys.exit(main_for_tests(sys.argv[1:]))
+"""
+
+
+def test_sigkill_then_resume_matches_uninterrupted(straight, pairs_dir, tmp_path):
+    ref_out, _ = straight
+    out = tmp_path / "run"
+    argv = ["--manifest", str(pairs_dir), "--output-dir", str(out), *BASE, "--max-steps", "6",
+            *map(str, RESUME_FLAGS)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (out / "checkpoint-2").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists(), "the run finished before it could be killed"
+    assert (out / "checkpoint-2" / "state.json").is_file()
+    run(pairs_dir, out, "--max-steps", 6, "--resume", "latest", *RESUME_FLAGS)
+    ref = [r["loss"] for r in records(ref_out)]
+    got = [r["loss"] for r in records(out)]
+    assert got == pytest.approx(ref, rel=1e-6, abs=1e-7)
+    assert not list(out.glob(".*")), "temporary checkpoint folders left behind"
+
+
+DDP_SCRIPT = """
+import sys
+from deblurdiff.train import main_for_tests
+sys.exit(main_for_tests(sys.argv[1:]))
+"""
+
+
+def test_two_processes_shard_the_stream_and_save_per_rank_rng(pairs_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): DDP through accelerate, one metrics writer."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "--manifest", str(pairs_dir), "--output-dir", str(out), *BASE, "--max-steps", "2", "--num-workers", "0"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((out / "checkpoint-2" / "state.json").read_text())
+    assert state["world_size"] == 2 and state["data_position"] == {"next_sample": 8}  # 2 steps x 2 ranks x 2
+    assert (out / "checkpoint-2" / "rng-0.pt").is_file() and (out / "checkpoint-2" / "rng-1.pt").is_file()
+    assert [r["step"] for r in records(out)] == [1, 2]
+    assert proc.stdout.count("train: 2 steps") == 1  # one summary line, from the main process
+
+
+def test_nonfinite_loss_skips_the_step_and_is_counted(pairs_dir, tmp_path, monkeypatch):
+    real = DeblurDiff.training_losses
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **k):
+        losses = real(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(DeblurDiff, "training_losses", poisoned)
+    out = tmp_path / "run"
+    result = run(pairs_dir, out, "--max-steps", 3, "--checkpoint-every", 1, "--keep-checkpoints", 0, "--lr", 1e-3)
+    recs = records(out)
+    assert [r["skipped_nonfinite"] for r in recs] == [0, 0, 1]
+    assert recs[2]["loss"] is None and recs[1]["loss"] is not None
+    assert result.state.skipped_nonfinite == 1
+    assert all(torch.isfinite(p).all() for p in result.model.trainable_parameters())
+    # the skipped step changed nothing: checkpoint-3 holds checkpoint-2's weights and optimizer
+    a = DeblurDiff.from_pretrained(out / "checkpoint-2" / "model")
+    b = DeblurDiff.from_pretrained(out / "checkpoint-3" / "model")
+    for p, q in zip(a.trainable_parameters(), b.trainable_parameters()):
+        assert torch.equal(p, q)
+    oa = torch.load(out / "checkpoint-2" / "optimizer.pt", weights_only=False)
+    ob = torch.load(out / "checkpoint-3" / "optimizer.pt", weights_only=False)
+    assert all(torch.equal(oa["state"][k]["exp_avg"], ob["state"][k]["exp_avg"]) for k in oa["state"])
+
+
+def test_small_pairs_are_padded_and_counted(pairs_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    result = run(pairs_dir, out, "--max-steps", 2, "--resolution", 80, "--batch-size", 1, "--checkpoint-every", 0)
+    assert result.state.padded_samples == 2
+    assert records(out)[-1]["padded_samples"] == 2
+    summary = capsys.readouterr().out
+    assert "8 pair(s) smaller than 80px padded (2 padded samples seen)" in summary
+    assert f"-> {out / 'final'}" in summary
+
+
+def test_bf16_casts_frozen_parts_and_keeps_fp32_master_weights(pairs_dir, tmp_path):
+    result = run(pairs_dir, tmp_path / "run", "--max-steps", 2, "--mixed-precision", "bf16",
+                 "--gradient-checkpointing", "--checkpoint-every", 0)
+    m = result.model
+    assert next(m.unet.parameters()).dtype == torch.bfloat16 and next(m.vae.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in m.trainable_parameters())
+    assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in records(tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("missing", "no such manifest"), ("schema", "schema_version"), ("images", "image files checked"),
+     ("weights", "one weight per manifest")],
+)
+def test_bad_inputs_give_clear_errors(case, message, pairs_dir, tmp_path, capsys):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest, extra = tmp_path / "nope", []
+    if case == "schema":
+        manifest = tmp_path / "plain.parquet"
+        pq.write_table(pa.table({"key": ["a"]}), manifest)
+    elif case == "images":
+        manifest = tmp_path / "pairs"
+        shutil.copytree(pairs_dir, manifest)
+        shutil.rmtree(manifest / "blur")
+    elif case == "weights":
+        manifest, extra = pairs_dir, ["--manifest-weight", "1", "--manifest-weight", "2"]
+    code = main_for_tests(["--manifest", str(manifest), "--output-dir", str(tmp_path / "out"), *BASE, *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_validation_sampler_fallback_matches_the_inference_sampler(monkeypatch):
+    """Validation uses deblurdiff.sampling when present; without it, its own DDIM loop gives the same."""
+    from deblurdiff.presets import build_model
+    from deblurdiff.train import ddim_sample
+
+    model = build_model("tiny")
+    z_lq = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = ddim_sample(model, z_lq, 3, torch.Generator().manual_seed(0))
+        monkeypatch.setitem(sys.modules, "deblurdiff.sampling", None)  # as if the module did not exist
+        b = ddim_sample(model, z_lq, 3, torch.Generator().manual_seed(0))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_resume_path_must_be_a_complete_checkpoint(pairs_dir, tmp_path, capsys):
+    code = main_for_tests(["--manifest", str(pairs_dir), "--output-dir", str(tmp_path / "out"), *BASE,
+                           "--resume", str(tmp_path / "nowhere")])
+    assert code == 2 and "not a complete checkpoint" in capsys.readouterr().err

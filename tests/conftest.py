@@ -62,3 +62,25 @@ def photos_dir(tmp_path_factory) -> Path:
     for name in ("astronaut", "coffee", "chelsea", "rocket"):
         write_png(d / f"{name}.png", photo(name, (96, 64)))
     return d
+
+
+def perturb(module, seed: int = 1, scale: float = 0.02) -> None:
+    """Add seeded noise to every parameter of a torch module (so a zero-initialised model is not
+    trivially the identity and save/load tests can fail)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(photos_dir, small_bank, tmp_path_factory) -> Path:
+    """8 pairs (96×64) from 4 photographs, all in the train split."""
+    from blurforge.cli import main
+
+    out = tmp_path_factory.mktemp("pairs") / "pairs"
+    assert main(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out", str(out),
+                 "--seed", "1", "--pairs-per-image", "2", "--quiet"]) == 0
+    return out

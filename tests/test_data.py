@@ -26,15 +26,6 @@ from deblurdiff.data import (
 
 
 @pytest.fixture(scope="module")
-def pairs_dir(photos_dir, small_bank, tmp_path_factory):
-    """8 pairs (96×64) from 4 photographs, all in the train split."""
-    out = tmp_path_factory.mktemp("data") / "pairs"
-    assert blurforge(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out", str(out),
-                      "--seed", "1", "--pairs-per-image", "2", "--quiet"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def big_dir(small_bank, tmp_path_factory):
     """2 pairs of 128×112 photographs (larger than an 100px crop)."""
     root = tmp_path_factory.mktemp("big")

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from deblurdiff.lkpn import LKPN
 from deblurdiff.ops import eac
+from conftest import perturb
 
 TINY = dict(
     block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=16, norm_num_groups=8
@@ -16,14 +17,6 @@ def tiny_lkpn(seed=0, **kw) -> LKPN:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LKPN(**{**TINY, **kw})
-
-
-def perturb(module: torch.nn.Module, seed=1, scale=0.02) -> None:
-    """Move every weight (the zero-initialised ones too) so outputs depend on all of them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 def inputs(b=2, c=4, h=16, w=16, d=32, seed=0):

@@ -7,6 +7,7 @@ import torch
 
 from deblurdiff.model import VARIANTS, DeblurDiff
 from deblurdiff.presets import build_model, load_frozen_parts
+from conftest import perturb
 
 
 def pair(b=1, size=32, seed=0):
@@ -19,13 +20,6 @@ def pair(b=1, size=32, seed=0):
 def latents(b=2, h=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, 4, h, h, generator=g), torch.randn(b, 4, h, h, generator=g)
-
-
-def perturb(module, seed=1, scale=0.02):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,7 @@ import torch
 
 from deblurdiff.presets import build_model
 from deblurdiff.sampling import DEFAULT_STEPS, SAMPLERS, make_scheduler, predicted_x0, sample_ddpm
-
-
-def perturb(module, seed=1, scale=0.02):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
+from conftest import perturb
 
 
 @pytest.fixture(scope="module")

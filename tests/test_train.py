@@ -45,15 +45,6 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
-@pytest.fixture(scope="module")
-def pairs_dir(photos_dir, small_bank, tmp_path_factory):
-    """8 pairs (96×64) from 4 photographs, all in the train split."""
-    out = tmp_path_factory.mktemp("train") / "pairs"
-    assert blurforge(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out", str(out),
-                      "--seed", "1", "--pairs-per-image", "2", "--quiet"]) == 0
-    return out
-
-
 def parse(*argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(allow_abbrev=False)
     add_train_arguments(p)

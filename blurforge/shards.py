@@ -156,13 +156,13 @@ def ensure_ray(address: str | None = None, workers: int | None = None):
 def distribute_ray(
     worker: Callable[[ShardTask], dict], tasks: Sequence[ShardTask], workers: int = 1, address: str | None = None
 ) -> Iterator[dict]:
-    """Run shards as Ray tasks (one CPU each, at most ``2 * workers`` in flight); yields statuses as
-    they finish. Same signature and same outputs as :func:`distribute_local`."""
+    """Run shards as Ray tasks (one CPU each, at most ``workers`` at a time, like the local pool);
+    yields statuses as they finish. Same signature and same outputs as :func:`distribute_local`."""
     ray = ensure_ray(address, workers)
     remote = ray.remote(num_cpus=1, max_retries=2)(_ray_guarded)
     queue = list(tasks)[::-1]
     in_flight: dict = {}
-    limit = max(1, 2 * workers)
+    limit = max(1, workers)
     while queue or in_flight:
         while queue and len(in_flight) < limit:
             task = queue.pop()

@@ -60,6 +60,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
         photos, bank = make_inputs(root, args.images, args.width, args.height, args.kernel_size)
+        # untimed warm-up: imports, the kernel bank cache and the page cache, so the first timed
+        # configuration (the baseline) does not pay for them
+        run_synthesize(photos, bank, root / "warm-up", seed=0, workers=1, shard_size=args.shard_size, progress=False)
         results = []
         reference = None
         for backend in args.backends.split(","):
@@ -89,9 +92,13 @@ def main() -> None:
             rate = pairs / seconds
             print(f"{backend:<8}{workers:>8}{pairs:>7}{seconds:>9.2f}{rate:>9.2f}{rate / base:>9.2f}x"
                   f"{rate / base / workers:>11.0%}{'yes' if same else 'NO':>11}")
-        per_core = max(p / s / w for _, w, p, s, _ in results)
-        print(f"\nper-core rate (best): {per_core:.2f} pairs/s; 500,000 pairs at 80% efficiency on N nodes of "
-              f"C cores ≈ {500_000 / per_core / 0.8 / 3600:.0f} / (N·C) hours")
+        # a 1-worker local run keeps OpenCV's threads on every core, so the per-core rate comes from
+        # the runs with one single-threaded worker per core (2 workers on this 2-core machine)
+        full = [p / s / w for _, w, p, s, _ in results if w == 2]
+        per_core = max(full)
+        print(f"\nper-core rate (2 single-threaded workers on 2 cores, best backend): {per_core:.2f} pairs/s; "
+              f"500,000 such pairs on N nodes of C cores at 90% efficiency ≈ "
+              f"{500_000 / per_core / 0.9 / 3600:.0f} / (N·C) hours")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

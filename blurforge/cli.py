@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")
     add_backend(f)
 
-    b = add("build-manifest", cmd_build_manifest, "merge synthesize outputs into one manifest",
+    b = add("build-manifest", cmd_build_manifest, "merge outputs and imported datasets into one manifest",
             "Merges outputs/manifests into one Parquet manifest whose image paths are relative to its "
             "directory; assigns deterministic splits from the keys when a fraction is given; rejects "
             "duplicate keys and schema mismatches.")

@@ -38,7 +38,6 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -675,32 +674,27 @@ def _scratch_file(nbytes: int) -> str | None:
 # --------------------------------------------------------------------------- files
 
 
-def write_bank(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write a bank atomically (temp file in the same folder, then ``os.replace``).
+def write_bank(table: pa.Table, path: str | os.PathLike) -> str:
+    """Write a bank atomically to a local path or any pyarrow filesystem URI
+    (:func:`blurforge.storage.write_file`).
 
     The Parquet file metadata carries ``blurforge.schema_version = "1"`` and
     ``blurforge.kind = "kernels"``. Returns the path written.
     """
     import pyarrow.parquet as pq
 
-    path = Path(path)
+    from blurforge.storage import write_file
+
     missing = [f.name for f in BANK_SCHEMA if f.name not in table.column_names]
     if missing:
-        raise ValueError(f"{path.name}: table lacks bank column(s) {missing}; build it with generate_bank()")
+        raise ValueError(f"{os.path.basename(str(path))}: table lacks bank column(s) {missing}; "
+                         "build it with generate_bank()")
     table = table.select([f.name for f in BANK_SCHEMA]).cast(BANK_SCHEMA)
     metadata = dict(table.schema.metadata or {})
     metadata.update({b"blurforge.schema_version": SCHEMA_VERSION.encode(), b"blurforge.kind": b"kernels"})
-    table = table.replace_schema_metadata(metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # same folder, so os.replace is atomic
-    try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(metadata), sink, compression="zstd", row_group_size=8192)
+    return write_file(path, sink.getvalue().to_pybytes())
 
 
 class KernelBank:

@@ -118,6 +118,15 @@ class Location:
         return n
 
 
+def write_file(target: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` atomically to a single file given as a local path or a URI."""
+    text = str(target)
+    if is_uri(text):
+        parent, name = text.rsplit("/", 1)
+        return Location(parent).write_bytes(name, data)
+    return str(write_local_atomic(Path(text), data))
+
+
 def write_local_atomic(path: Path, data: bytes) -> Path:
     """Write ``data`` to a local ``path`` through a temp file in the same directory + ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)

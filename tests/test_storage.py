@@ -50,3 +50,12 @@ def test_synthesize_to_a_file_uri(photos_dir, small_bank, tmp_path):
                  out.as_uri(), "--seed", "1", "--quiet"]) == 0
     t = ds.dataset(out / "manifest", format="parquet").to_table()
     assert t.num_rows == 4 and all((out / p).is_file() for p in t.column("blur_path").to_pylist())
+
+
+def test_kernel_bank_to_a_file_uri(tmp_path):
+    from blurforge.cli import main
+    from blurforge.kernels import read_bank
+
+    out = tmp_path / "banks" / "k.parquet"
+    assert main(["kernels", "--count", "3", "--size", "15", "--length-max", "20", "--out", out.as_uri(), "--quiet"]) == 0
+    assert len(read_bank(out)) == 3 and not list(out.parent.glob("*.tmp"))

@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
 from blurforge.imageio import ImageReadError, read_image
-from blurforge.manifest import ManifestError, read_manifest
+from blurforge.manifest import ManifestError, read_manifest, resolve
 
 SMALL_POLICIES = ("pad", "skip")
 
@@ -61,6 +62,44 @@ class Pair:
     manifest: int  # index into PairSet.manifests
 
 
+class PairList(Sequence[Pair]):
+    """Pairs stored column-wise in Arrow arrays — no Python object per pair — so millions of
+    pairs stay compact in memory and cheap to pickle into every DataLoader worker. Indexing
+    builds the :class:`Pair` (absolute paths resolved against its manifest's root) on demand."""
+
+    COLUMNS = ("key", "blur_path", "sharp_path", "width", "height", "manifest")
+
+    def __init__(self, table: pa.Table, roots: Sequence[str]):
+        self.table = table.select(list(self.COLUMNS)).combine_chunks()
+        self.roots = list(roots)  # image paths of manifest i are relative to roots[i]
+        self._cols = [self.table.column(c).chunk(0) if self.table.num_rows else None for c in self.COLUMNS]
+
+    @classmethod
+    def empty(cls) -> "PairList":
+        schema = pa.schema([("key", pa.string()), ("blur_path", pa.string()), ("sharp_path", pa.string()),
+                            ("width", pa.int32()), ("height", pa.int32()), ("manifest", pa.int32())])
+        return cls(schema.empty_table(), [])
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("PairList slices take step 1")
+            return PairList(self.table.slice(start, max(0, stop - start)), self.roots)
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"pair {i} out of range ({n} pairs)")
+        key, blur, sharp, width, height, manifest = (c[i].as_py() for c in self._cols)
+        root = self.roots[manifest]
+        return Pair(key, str(resolve(root, blur)), str(resolve(root, sharp)), width, height, manifest)
+
+    def __reduce__(self):
+        return (PairList, (self.table, self.roots))
+
+
 @dataclass
 class PairSet:
     """The pairs of one split of several manifests, with per-manifest counts.
@@ -68,7 +107,7 @@ class PairSet:
     ``small``: pairs smaller than the crop (padded or skipped, as ``small_policy`` says).
     """
 
-    pairs: list[Pair]
+    pairs: PairList
     manifests: list[str]
     counts: list[int]  # pairs used per manifest
     small: int
@@ -99,7 +138,8 @@ def load_pairs(
         raise ValueError(f"small={small!r} unknown — choose one of {', '.join(SMALL_POLICIES)}")
     if not manifests:
         raise DataError("no manifest given — pass --manifest PATH (a blurforge manifest)")
-    pairs: list[Pair] = []
+    tables: list[pa.Table] = []
+    roots: list[str] = []
     names: list[str] = []
     counts: list[int] = []
     n_small = 0
@@ -109,26 +149,27 @@ def load_pairs(
         except ManifestError as exc:
             raise DataError(str(exc)) from exc  # its message already names the file and the fix
         rows = m.table.filter(pc.equal(m.table.column("split"), split))
-        rows = rows.select(["key", "blur_path", "sharp_path", "width", "height"]).sort_by("key").to_pylist()
-        if not rows and not allow_empty:
+        rows = rows.select(["key", "blur_path", "sharp_path", "width", "height"]).sort_by("key")
+        if not rows.num_rows and not allow_empty:
             splits = sorted(set(m.table.column("split").to_pylist()))
             raise DataError(
                 f"{m.location}: no '{split}' rows (it has {len(m)} rows in split(s) {splits or 'none'}) — "
                 f"rebuild it with 'blurforge build-manifest' and fractions that leave {split} pairs"
             )
-        mine = []
-        for r in rows:
-            too_small = crop is not None and (r["width"] < crop or r["height"] < crop)
-            n_small += too_small
-            if too_small and small == "skip":
-                continue
-            mine.append(Pair(r["key"], str(m.abspath(r["blur_path"])), str(m.abspath(r["sharp_path"])),
-                             int(r["width"]), int(r["height"]), i))
+        if crop is not None:
+            too_small = pc.or_(pc.less(rows.column("width"), crop), pc.less(rows.column("height"), crop))
+            n_small += pc.sum(too_small).as_py() or 0
+            if small == "skip":
+                rows = rows.filter(pc.invert(too_small))
+        rows = rows.append_column("manifest", pa.array(np.full(rows.num_rows, i, dtype=np.int32)))
+        mine = PairList(rows, [*roots, str(m.root)])  # this manifest's pairs; its root is roots[i]
         _check_files(mine[:check_files], m.location, len(mine))
-        pairs.extend(mine)
+        tables.append(mine.table)
+        roots.append(str(m.root))
         names.append(str(m.location))
-        counts.append(len(mine))
-    if not pairs and n_small:
+        counts.append(rows.num_rows)
+    pairs = PairList(pa.concat_tables(tables), roots) if tables else PairList.empty()
+    if not len(pairs) and n_small:
         raise DataError(
             f"{', '.join(names)}: all {n_small} '{split}' pairs are smaller than the {crop}px crop and "
             "were skipped — lower --resolution or use --small-pairs pad"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -148,3 +149,16 @@ def test_missing_images_up_front_and_when_read(pairs_dir, tmp_path):
     pairs = load_pairs([copy], check_files=0)
     with pytest.raises(DataError, match="2 of 8 pairs in this manifest have missing files"):
         read_pair(pairs.pairs[-1], pairs.pairs)
+
+
+def test_pairs_are_stored_column_wise_and_pickle_small(pairs_dir):
+    import pickle
+
+    pairs = load_pairs([pairs_dir, pairs_dir], crop=32).pairs
+    assert len(pairs) == 16 and pairs[0].key == pairs[8].key and pairs[-1] == pairs[15]
+    assert pairs[0].manifest == 0 and pairs[8].manifest == 1 and Path(pairs[3].blur).is_file()
+    assert [p.key for p in pairs[2:5]] == [pairs[i].key for i in range(2, 5)]
+    again = pickle.loads(pickle.dumps(pairs))
+    assert [p for p in again] == [p for p in pairs]
+    # no Python object per pair: the pickle is Arrow buffers, a few hundred bytes per pair at most
+    assert len(pickle.dumps(pairs)) < 16 * 300 + 4096

@@ -11,7 +11,6 @@ dropped. Every write here is atomic (temp file + ``os.replace``).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,7 +297,3 @@ def verify_manifest(table: pa.Table, root: Path, progress: bool = True) -> list[
                     }
                 )
     return problems
-
-
-def params_of(table: pa.Table) -> list[dict]:
-    return [json.loads(p) for p in table.column("params").to_pylist()]

@@ -29,7 +29,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from blurforge.manifest import errors_table, parquet_bytes, rows_table
 from blurforge.storage import Location
@@ -248,8 +248,3 @@ def run_shards(
         summary.failed = failed
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def load_all_stats(out: str | os.PathLike) -> list[dict[str, Any]]:
-    loc = Location(out)
-    return [json.loads(loc.read_text(f"stats/{name}")) for name in loc.list("stats", ".json")]

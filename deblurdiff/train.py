@@ -439,37 +439,6 @@ class MetricsLog:
 # ------------------------------------------------------------------------------- validation
 
 
-def ddim_sample(model, z_lq, steps: int, generator):
-    """Short DDIM (eta 0) sampling: (B, 4, h, w) z_lq -> (B, 4, h, w) latent. Kernels are re-estimated
-    at every step inside ``model.predict_eps``. Initial noise from ``generator`` (CPU).
-
-    Validation uses ``deblurdiff.sampling.sample_ddim`` (the inference sampler) when that module is
-    there; this loop is the fallback, so training does not depend on it."""
-    try:
-        from deblurdiff.sampling import sample_ddim
-    except ImportError:
-        sample_ddim = None
-    if sample_ddim is not None:
-        return sample_ddim(model, z_lq, steps, generator)
-    import torch
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler.from_config(model.scheduler.config)
-    sched.set_timesteps(steps)
-    z = torch.randn(z_lq.shape, generator=generator, dtype=torch.float32).to(z_lq.device) * sched.init_noise_sigma
-    for t in sched.timesteps:
-        pred, _ = model.predict_eps(z, t.to(z.device), z_lq)
-        z = sched.step(pred.float(), t, z).prev_sample
-    return z
-
-
-def psnr(a, b) -> float:
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 def ssim(a, b) -> float:
     from skimage.metrics import structural_similarity
 
@@ -482,6 +451,8 @@ def validate(accelerator, model, val_set, step: int, args, out_dir: Path) -> dic
     import torch
 
     from blurforge.imageio import encode_image, write_bytes_atomic
+    from deblurdiff.metrics import psnr
+    from deblurdiff.sampling import sample_ddim
 
     model.eval()
     step_dir = out_dir / "val" / f"step-{step}"
@@ -492,7 +463,7 @@ def validate(accelerator, model, val_set, step: int, args, out_dir: Path) -> dic
             items = [val_set[j] for j in range(i, min(len(val_set), i + args.batch_size))]
             blurry = torch.stack([it["blurry"] for it in items]).to(accelerator.device)
             z_lq = model.encode(blurry).float()
-            out = model.decode(ddim_sample(model, z_lq, args.val_steps, gen)).float().cpu()
+            out = model.decode(sample_ddim(model, z_lq, args.val_steps, gen)).float().cpu()
             for it, o in zip(items, out):
                 b, s = (it["blurry"].permute(1, 2, 0).numpy(), it["sharp"].permute(1, 2, 0).numpy())
                 o = o.permute(1, 2, 0).numpy()

@@ -13,7 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow.dataset as ds
-import pytest
 
 from blurforge.cli import main
 from blurforge.manifest import read_errors, read_manifest, sha256_file

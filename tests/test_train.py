@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from blurforge.cli import main as blurforge
 from deblurdiff.model import DeblurDiff
 from deblurdiff.train import add_train_arguments, main_for_tests, train
 
@@ -270,20 +269,6 @@ def test_bad_inputs_give_clear_errors(case, message, pairs_dir, tmp_path, capsys
     code = main_for_tests(["--manifest", str(manifest), "--output-dir", str(tmp_path / "out"), *BASE, *extra])
     assert code == 2
     assert message in capsys.readouterr().err
-
-
-def test_validation_sampler_fallback_matches_the_inference_sampler(monkeypatch):
-    """Validation uses deblurdiff.sampling when present; without it, its own DDIM loop gives the same."""
-    from deblurdiff.presets import build_model
-    from deblurdiff.train import ddim_sample
-
-    model = build_model("tiny")
-    z_lq = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        a = ddim_sample(model, z_lq, 3, torch.Generator().manual_seed(0))
-        monkeypatch.setitem(sys.modules, "deblurdiff.sampling", None)  # as if the module did not exist
-        b = ddim_sample(model, z_lq, 3, torch.Generator().manual_seed(0))
-    assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_resume_path_must_be_a_complete_checkpoint(pairs_dir, tmp_path, capsys):

@@ -83,8 +83,6 @@ def _thumb(path: Path, size: int) -> np.ndarray:
 def pairs_contact_sheet(m: Manifest, path: str | Path, count: int = 8, size: int = 192) -> Path:
     """A PNG with one row per pair (blurry | sharp): ``count`` pairs taken in turn from each source
     (first keys of each), so every kind of pair in the manifest shows."""
-    import cv2
-
     by_source: dict[str, list[dict]] = {}
     for r in m.table.sort_by("key").to_pylist():
         by_source.setdefault(r["source"], []).append(r)
@@ -93,17 +91,22 @@ def pairs_contact_sheet(m: Manifest, path: str | Path, count: int = 8, size: int
         for source in sorted(by_source):
             if len(chosen) < count and i < len(by_source[source]):
                 chosen.append(by_source[source][i])
-    rows = []
-    pad = 4
-    for r in chosen:
-        blur = _thumb(m.abspath(r["blur_path"]), size)
-        sharp = _thumb(m.abspath(r["sharp_path"]), size)
-        gap = np.zeros((size, pad, 3), np.uint8)
-        rows.append(np.concatenate([blur, gap, sharp], axis=1))
-    if not rows:
+    if not chosen:
         raise ValueError(f"{m.location}: no pairs to preview")
-    sep = np.zeros((pad, rows[0].shape[1], 3), np.uint8)
-    sheet = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
+    return tile_sheet([[_thumb(m.abspath(r["blur_path"]), size), _thumb(m.abspath(r["sharp_path"]), size)]
+                       for r in chosen], path)
+
+
+def tile_sheet(rows: list[list[np.ndarray]], path: str | Path, pad: int = 4) -> Path:
+    """Write a PNG grid of equal-size RGB uint8 tiles, one list per row, with black gaps."""
+    import cv2
+
+    lines = []
+    for tiles in rows:
+        gap = np.zeros((tiles[0].shape[0], pad, 3), np.uint8)
+        lines.append(np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1))
+    sep = np.zeros((pad, lines[0].shape[1], 3), np.uint8)
+    sheet = np.concatenate([x for line in lines for x in (line, sep)][:-1], axis=0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):

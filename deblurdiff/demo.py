@@ -16,28 +16,20 @@ from pathlib import Path
 
 def results_sheet(manifest: Path, predictions: Path, path: Path, size: int = 160) -> Path:
     """A PNG with one row per test pair: blurry | deblurred | sharp."""
-    import cv2
-    import numpy as np
-
     from blurforge.manifest import read_manifest
-    from blurforge.summary import _thumb
+    from blurforge.summary import _thumb, tile_sheet
     from deblurdiff.infer import prediction_name
 
     m = read_manifest(manifest)
     rows = []
     for r in m.table.sort_by("key").to_pylist():
         pred = predictions / prediction_name(r["key"])
-        if r["split"] != "test" or not pred.is_file():
-            continue
-        tiles = [_thumb(m.abspath(r["blur_path"]), size), _thumb(pred, size), _thumb(m.abspath(r["sharp_path"]), size)]
-        gap = np.zeros((size, 4, 3), np.uint8)
-        rows.append(np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1))
+        if r["split"] == "test" and pred.is_file():
+            rows.append([_thumb(m.abspath(r["blur_path"]), size), _thumb(pred, size),
+                         _thumb(m.abspath(r["sharp_path"]), size)])
     if not rows:
         raise ValueError(f"{predictions}: no predictions for the test split of {manifest}")
-    sep = np.zeros((4, rows[0].shape[1], 3), np.uint8)
-    sheet = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    return path
+    return tile_sheet(rows, path)
 
 
 def run_demo(args: argparse.Namespace) -> int:

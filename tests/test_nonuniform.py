@@ -433,6 +433,8 @@ def test_nonuniform_rows_record_objects_and_rerender_exactly(photos_dir, small_b
         assert row["source"] == "nonuniform" and row["key"].startswith("nonuniform/")
         p = json.loads(row["params"])
         assert p["segmenter"]["name"] == "classical" and p["segmenter"]["resolution"] == [96, 64]
+        assert p["segmenter"]["fallback_for"] == "sam2"  # the row says its masks are the fallback's
+        assert p["composite"] == {"method": "layered", "version": 1, "fill": "nearest", "rim": 2}
         assert p["kernel_id"] in bank.ids
         objects = p["objects"]
         n_objects.append(len(objects))

@@ -139,29 +139,40 @@ def fill_hidden(image: np.ndarray, source: np.ndarray, target: np.ndarray) -> np
     out = np.array(image, dtype=_F32, copy=True)
     if not target.any() or not source.any():
         return out
-    ys, xs = np.nonzero(source | target)
-    box = np.s_[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    box = _bbox(source | target)
     src, tgt = source[box], target[box]
     # distanceTransform measures from the zero pixels; DIST_LABEL_PIXEL numbers them 1.. in row-major order
     _, labels = cv2.distanceTransformWithLabels(np.where(src, 0, 1).astype(np.uint8), cv2.DIST_L2,
                                                 cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL)
-    nearest = np.flatnonzero(src)[labels[tgt] - 1]
+    index = np.arange(src.size)  # where each pixel of the box takes its value from
+    index[np.flatnonzero(tgt)] = np.flatnonzero(src)[labels[tgt] - 1]
     crop = out[box]
-    crop[tgt] = crop.reshape(-1, crop.shape[2])[nearest]
+    out[box] = np.take(crop.reshape(-1, crop.shape[2]), index, axis=0).reshape(crop.shape)
     return out
+
+
+def _bbox(mask: np.ndarray, grow: int = 0) -> tuple[slice, slice]:
+    """The bounding box of a non-empty ``H×W`` bool mask grown by ``grow`` px (clipped to the image)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return (slice(max(0, rows[0] - grow), rows[-1] + grow + 1), slice(max(0, cols[0] - grow), cols[-1] + grow + 1))
 
 
 def _layer_content(sharp: np.ndarray, support: np.ndarray, nearer: np.ndarray, rim: int) -> np.ndarray:
     """What a layer with mask ``support`` shows when the nearer layers (union ``nearer``) are
     lifted off: ``sharp`` where it is visible, its hidden pixels (``support & nearer``) filled from
-    its visible pixels, preferring those more than ``rim`` px from ``nearer``."""
+    its visible pixels, preferring those more than ``rim`` px from ``nearer``. Computed over the
+    support's bounding box (grown by ``rim``); returns a full-size copy."""
+    box = _bbox(support, rim)
+    support, nearer = support[box], nearer[box]
     visible = support & ~nearer
     source = visible
     if rim > 0:
         disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rim + 1, 2 * rim + 1))
         away = visible & ~cv2.dilate(nearer.astype(np.uint8), disc).astype(bool)
         source = away if away.any() else visible
-    return fill_hidden(sharp, source, support & nearer)
+    out = sharp.copy()
+    out[box] = fill_hidden(sharp[box], source, support & nearer)
+    return out
 
 
 def _reach(kernel: np.ndarray) -> int:
@@ -229,9 +240,7 @@ def composite_layers(
     for mask, kernel, content in zip(masks, kernels, contents):
         if not mask.any():
             continue  # an object that covers nothing changes nothing
-        margin = _reach(kernel) + 1
-        ys, xs = np.nonzero(mask)
-        box = np.s_[max(0, ys.min() - margin) : ys.max() + margin + 1, max(0, xs.min() - margin) : xs.max() + margin + 1]
+        box = _bbox(mask, _reach(kernel) + 1)
         m = mask[box].astype(_F32)[..., None]
         layer = planes(sharp[box] if content is None else content[box]) * m
         blurred = convolve(np.concatenate([layer, m], axis=2), kernel)  # K ⊛ (m·S_i), then K ⊛ m

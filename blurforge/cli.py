@@ -282,10 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="run seed; each pair's seed derives from (seed, key)")
     s.add_argument("--mode", choices=["uniform", "nonuniform"], default="uniform",
                    help="uniform: one kernel per image; nonuniform: segment each image and give every object "
-                        "(and the background) its own kernel, composited in linear light without halos")
+                        "(and the background) its own kernel; the objects are layers moving over the background "
+                        "in linear light, and what they hide is filled from the nearest visible pixels (an "
+                        "estimate on textured backgrounds; see README)")
     s.add_argument("--segmenter", choices=["classical", "sam2"], default="classical",
-                   help="nonuniform: how objects are found; classical needs no weights, sam2 needs the sam2 "
-                        "package, a working torchvision and --sam2-checkpoint")
+                   help="nonuniform: how objects are found. sam2: object masks; needs the sam2 package, a "
+                        "working torchvision and --sam2-checkpoint. classical: a weight-free fallback "
+                        "for SAM 2 that finds colour regions, not objects; it warns once and each row records it")
     s.add_argument("--sam2-config", default="configs/sam2.1/sam2.1_hiera_t.yaml", metavar="NAME",
                    help="SAM 2 config name inside the sam2 package; must match --sam2-checkpoint")
     s.add_argument("--sam2-checkpoint", metavar="PATH",

@@ -4,12 +4,15 @@ One interface, two backends (DESIGN §3)::
 
     segmenter.segment(image_srgb, rng=None) -> list of H×W bool masks, largest first
 
-* ``ClassicalSegmenter`` (``--segmenter classical``, the default): no weights, deterministic.
-  The image is reduced to at most ``max_side`` pixels on its long side, over-segmented by a
-  marker watershed on a regular grid of seeds (OpenCV), and the regions are merged greedily by
-  Ward's criterion on their mean CIE Lab colour (the adjacent pair whose merge adds the least
-  colour variance goes first) until ``max_objects + 1`` connected regions are left. The largest
-  region is the background; the others are the objects.
+* ``ClassicalSegmenter`` (``--segmenter classical``, the default): a **fallback for SAM 2** —
+  no weights, deterministic, but it finds colour regions, not objects; it warns once per process
+  and records ``"fallback_for": "sam2"`` in its description. The image is reduced to at most
+  ``max_side`` pixels on its long side, over-segmented by a marker watershed on a regular grid
+  of seeds (OpenCV), and the regions are merged greedily by Ward's criterion on their mean CIE
+  Lab colour (the adjacent pair whose merge adds the least colour variance goes first) until
+  ``max_objects + 1`` connected regions are left. The region with the most pixels on the image
+  border is the background; regions that hug the frame (ground, sky, corners, strips along an
+  edge) or are slivers join it (``object_regions``); the rest are objects.
 * ``Sam2Segmenter`` (``--segmenter sam2``): SAM 2's automatic mask generator
   (``sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator``) on a model built with
   ``sam2.build_sam.build_sam2(config, checkpoint, device)``. The checkpoint is a file the user
@@ -26,6 +29,7 @@ resolution) so they can be recorded with a sample.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
 import cv2
@@ -117,8 +121,43 @@ class Segmenter:
 # ------------------------------------------------------------------------------------ classical
 
 
+class ClassicalFallbackWarning(UserWarning):
+    """The classical segmenter is in use: a labelled stand-in for SAM 2."""
+
+
+FALLBACK_NOTE = ("classical segmenter: a weight-free fallback for SAM 2 (colour regions, not objects; "
+                 "use --segmenter sam2 for object masks)")
+_warned_fallback = False
+
+
+def warn_classical_fallback() -> None:
+    """Say once per process that masks come from the classical fallback, not SAM 2."""
+    global _warned_fallback
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(FALLBACK_NOTE, ClassicalFallbackWarning, stacklevel=3)
+
+
+# Which colour regions count as objects (fractions; thickness = 2 · area / outline pixels, as a
+# fraction of the image's short side). Chosen by inspecting scikit-image's photographs: thin strips
+# and corners along the frame have 44–64% of their outline on the border and thickness 0.08–0.10;
+# a subject cut by the frame (a bust, a suit) has 20–40% and thickness ≥ 0.15; a ground or sky
+# spanning the frame has > 50%.
+REGION_RULES = {
+    "frame_share": 0.5,  # more of the outline on the image border than this: it hugs the frame
+    "strip_share": 0.25,  # ... or more than this while thinner than strip_thickness: a strip
+    "strip_thickness": 0.12,
+    "min_thickness": 0.03,  # thinner than this anywhere: a sliver
+}
+
+
 class ClassicalSegmenter(Segmenter):
     """Watershed over-segmentation + Ward merging on Lab colour; no weights, deterministic.
+
+    A labelled fallback for SAM 2: its regions are colour regions, not objects. Building one
+    warns once per process (``ClassicalFallbackWarning``), and ``describe()`` says so in the row.
+    The background is the region with the most pixels on the image border; regions that hug the
+    frame or are slivers join it (``object_regions``, ``REGION_RULES``).
 
     Args:
         max_objects: objects returned at most (the background region is not one of them).
@@ -133,15 +172,15 @@ class ClassicalSegmenter(Segmenter):
                  max_side: int = 256, superpixels: int = 300):
         super().__init__(max_objects, min_area, dedupe_iou, max_side)
         self.superpixels = int(superpixels)
+        warn_classical_fallback()
 
     def describe(self, height: int, width: int) -> dict:
-        return {**super().describe(height, width), "superpixels": self.superpixels}
+        return {**super().describe(height, width), "superpixels": self.superpixels, "regions": dict(REGION_RULES),
+                "fallback_for": "sam2", "note": FALLBACK_NOTE}
 
     def _segment(self, small_srgb: np.ndarray) -> list[np.ndarray]:
         labels = self.regions(small_srgb, self.max_objects + 1)
-        counts = np.bincount(labels.ravel())
-        background = int(np.argmax(counts))
-        return [labels == r for r in range(counts.size) if r != background and counts[r] > 0]
+        return [labels == r for r in object_regions(labels)]
 
     def regions(self, image_srgb: np.ndarray, n_regions: int) -> np.ndarray:
         """A partition of ``image_srgb`` into at most ``n_regions`` connected regions: ``H×W`` int labels."""
@@ -150,6 +189,41 @@ class ClassicalSegmenter(Segmenter):
                            cv2.COLOR_RGB2Lab)
         labels = _watershed_superpixels(image_srgb, lab, self.superpixels)
         return _ward_merge(labels, lab.reshape(-1, 3), n_regions)
+
+
+def object_regions(labels: np.ndarray, rules: dict = REGION_RULES) -> list[int]:
+    """The labels of ``labels`` (``H×W`` ints ``0..R-1``) that are objects, in label order.
+
+    The background is the region with the most pixels on the image border (ties: the larger
+    region, then the lower label). Another region is an object unless, with ``share`` = the
+    fraction of its outline pixels on the image border and ``thickness`` = ``2 · area / outline
+    pixels`` over the image's short side (a strip's width), ``share > frame_share`` (it hugs the
+    frame), or ``share > strip_share`` and ``thickness < strip_thickness`` (a strip along the
+    frame), or ``thickness < min_thickness`` (a sliver). An outline pixel is a region pixel with a
+    4-neighbour outside the region, or on the image border.
+    """
+    h, w = labels.shape
+    r = int(labels.max()) + 1
+    area = np.bincount(labels.ravel(), minlength=r)
+    frame = np.zeros((h, w), bool)
+    frame[0, :] = frame[-1, :] = frame[:, 0] = frame[:, -1] = True
+    on_border = np.bincount(labels[frame], minlength=r)
+    edge = frame.copy()
+    for a, b in ((np.s_[:, :-1], np.s_[:, 1:]), (np.s_[:-1, :], np.s_[1:, :])):
+        differs = labels[a] != labels[b]
+        edge[a] |= differs
+        edge[b] |= differs
+    outline = np.maximum(np.bincount(labels[edge], minlength=r), 1)
+    background = max(range(r), key=lambda i: (on_border[i], area[i], -i))
+    share = on_border / outline
+    thickness = 2 * area / outline / min(h, w)
+    return [
+        i for i in range(r)
+        if i != background and area[i] > 0
+        and share[i] <= rules["frame_share"]
+        and not (share[i] > rules["strip_share"] and thickness[i] < rules["strip_thickness"])
+        and thickness[i] >= rules["min_thickness"]
+    ]
 
 
 def _watershed_superpixels(image_srgb: np.ndarray, lab: np.ndarray, n_seeds: int) -> np.ndarray:

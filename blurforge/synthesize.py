@@ -17,7 +17,7 @@ Per sample (key ``PREFIX/REL_PATH/J``):
 the background its own, and the layers are composited in linear light
 (``blurforge.nonuniform``). ``params`` holds the background's ``kernel_id``, ``objects`` (each
 with ``kernel_id``, ``kernel_length``, its full-resolution ``mask`` as COCO RLE, ``area`` and
-compositing ``order``), ``composite`` (alpha shaping) and ``segmenter`` (backend, settings and
+compositing ``order``), ``composite`` (the layering method) and ``segmenter`` (backend, settings and
 the resolution it worked at); the image is rendered from those decoded masks, so ``rerender``
 reproduces it exactly without running the segmenter again.
 """

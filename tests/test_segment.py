@@ -10,13 +10,16 @@ import types
 import numpy as np
 import pytest
 
+import blurforge.segment as segment_module
 from blurforge.segment import (
+    ClassicalFallbackWarning,
     ClassicalSegmenter,
     Sam2Segmenter,
     Sam2Unavailable,
     build_sam2_generator,
     import_sam2,
     make_segmenter,
+    object_regions,
     segment,
     working_size,
 )
@@ -46,6 +49,57 @@ def test_classical_finds_the_objects_of_a_simple_scene():
     masks = ClassicalSegmenter().segment(img)
     assert len(masks) == 2
     assert iou(masks[0], green) > 0.9 and iou(masks[1], red) > 0.9  # largest first
+
+
+def test_background_is_the_region_on_the_border_not_the_largest():
+    """A large subject in the middle of a frame-filling background: the subject is the object."""
+    h, w = 120, 160
+    yy, xx = np.mgrid[:h, :w]
+    img = np.full((h, w, 3), 0.15, np.float32)
+    subject = (yy - 60) ** 2 / 50**2 + (xx - 80) ** 2 / 68**2 < 1  # 56% of the image
+    img[subject] = [0.85, 0.7, 0.2]
+    assert subject.mean() > 0.5
+    masks = ClassicalSegmenter().segment(img)
+    assert len(masks) == 1 and iou(masks[0], subject) > 0.9
+
+
+def test_strips_and_corners_along_the_frame_are_not_objects():
+    """A band along the top edge and a corner wedge join the background; the disc is the object."""
+    h, w = 120, 160
+    yy, xx = np.mgrid[:h, :w]
+    img = np.full((h, w, 3), 0.5, np.float32)
+    img[:12] = [0.1, 0.2, 0.9]  # strip along the top edge
+    img[xx + yy < 30] = [0.9, 0.9, 0.1]  # corner wedge (top left)
+    img[yy > w - xx + 100] = [0.9, 0.1, 0.6]  # corner wedge (bottom right)
+    disc = (yy - 70) ** 2 + (xx - 90) ** 2 < 22**2
+    img[disc] = [0.1, 0.8, 0.2]
+    masks = ClassicalSegmenter().segment(img)
+    assert len(masks) == 1 and iou(masks[0], disc) > 0.9
+
+
+def test_object_regions_rules_on_a_label_map():
+    """The rules on hand-made regions (share of outline on the border, thickness)."""
+    h, w = 100, 100
+    labels = np.zeros((h, w), np.int32)  # 0: background (most border pixels)
+    labels[0:6, 20:80] = 1  # strip on the top edge: share ~0.5, thickness 0.06 -> background
+    labels[60:100, 30:70] = 2  # block cut by the bottom edge: share ~0.3, thickness ~0.4 -> object
+    labels[30:50, 40:60] = 3  # interior square -> object
+    labels[20:60, 5:7] = 4  # interior sliver, 2 px wide -> background
+    labels[20:24, 80:100] = 5  # short stub on the right edge: share ~0.2, thickness ~0.06 -> object
+    assert object_regions(labels) == [2, 3, 5]
+    only_frame = np.zeros((h, w), np.int32)
+    only_frame[:, 50:] = 1  # half the frame each: the tie goes to the larger, then the lower label
+    assert object_regions(only_frame) == []  # the other half hugs the frame
+
+
+def test_classical_says_it_is_a_fallback_once_per_process(monkeypatch):
+    monkeypatch.setattr(segment_module, "_warned_fallback", False)
+    with pytest.warns(ClassicalFallbackWarning, match="fallback for SAM 2") as record:
+        ClassicalSegmenter()
+        make_segmenter("classical")
+    assert len([r for r in record if r.category is ClassicalFallbackWarning]) == 1
+    d = ClassicalSegmenter().describe(90, 120)
+    assert d["fallback_for"] == "sam2" and "fallback for SAM 2" in d["note"]
 
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "rocket"])

@@ -117,6 +117,18 @@ def test_without_noise_the_isp_round_trips_every_camera():
             np.testing.assert_allclose(out, lin, atol=2e-5, err_msg=f"{camera} {pattern}")
 
 
+def test_camera_values_above_one_are_clipped():
+    """The reference clips the camera image to [0, 1] (before the mosaic, and again after
+    demosaicking): for capture setting 0011 a light grey maps
+    above 1 in camera space (white → ~1.06 red), so even without noise its colour comes back shifted
+    (without the clip the round trip is exact, see above)."""
+    lin = np.full((16, 16, 3), 0.97, np.float32)
+    params = {"camera": "rsblur-0011", "bayer": "RGGB", "wb_red_gain": 1.5, "wb_blue_gain": 2.3,
+              "noise_k": 1e-12, "noise_sigma": 0.0}
+    out = camera_noise(lin, params, np.random.default_rng(0))
+    assert np.abs(out - 0.97).max() > 0.01
+
+
 def _malvar_by_loops(raw: np.ndarray, pattern: str) -> np.ndarray:
     """Malvar–He–Cutler 2004 written per pixel from the paper's rules (reflect-101 borders)."""
     g_rb = np.array([[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]]) / 8
@@ -198,6 +210,26 @@ def test_a7r3_response_matches_its_polynomial():
 
 
 # ----------------------------------------------------------------------------- frames realism
+
+
+def test_frames_saturation_adds_the_clipped_fraction_of_the_window():
+    """A highlight clipped in 1 of 3 frames at one pixel and in all 3 at another: B += a·(1/3)
+    there and B = 1 at the other; nothing changes elsewhere (saturation only, no noise)."""
+    frames = [np.full((6, 8, 3), 100, np.uint8) for _ in range(3)]
+    frames[0][2, 3] = 255
+    for f in frames:
+        f[4, 5, 0] = 255  # red clipped throughout
+    lut = inverse_response_lut("srgb")
+    avg = sum(lut[f] for f in frames) / np.float32(3)
+    out, params = frames_realism(avg, frames, {"noise": "none", "saturation": True}, seed=11)
+    a = params["saturation_a"]
+    assert params["noise"] == "none" and 0.25 <= a <= 1.75
+    expected = avg.copy()
+    expected[2, 3] = np.minimum(avg[2, 3] + a / 3, 1.0)
+    expected[4, 5, 0] = 1.0
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    same, none = frames_realism(avg, frames, None, seed=11)
+    assert same is avg and none is None
 
 
 def _static_noisy_clip(path, n: int, level: float, noise_codes: float, seed: int = 0) -> list[np.ndarray]:

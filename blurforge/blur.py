@@ -12,7 +12,8 @@ The pipeline for one pair (DESIGN §3)::
 Realism follows RSBlur (Rim et al., ECCV 2022): parameters are sampled by ``sample_realism``
 into a plain JSON-able dict (it goes into the manifest row) and applied by ``apply_realism``;
 the noise realisation is drawn from the ``rng`` passed in, so ``(seed, params)`` re-renders a
-sample exactly.
+sample exactly. The noise itself is RSBlur's camera pipeline (``blurforge.camera``);
+``frames_realism`` is the same stage for frame-averaged pairs.
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-# Poisson–Gaussian noise levels estimated by RSBlur for RealBlur (Rim et al. 2022, §4).
-RSBLUR_BETA1 = 8.8915e-05  # shot-noise scale: variance of the signal-dependent part is beta1 * x
-RSBLUR_BETA2 = 2.9430e-05  # read-noise variance (signal-independent part), see apply_realism
+from blurforge.camera import DEFAULT_NOISE_PRESET, NOISE_PRESETS, camera_noise, sample_camera_noise
 
 # Kernels with fewer taps than this go through cv2.filter2D's direct (spatial) loop, which is
 # exact and fast for them; larger ones go through our own DFT (cv2 switches to a DFT itself
@@ -222,43 +221,50 @@ def _convolve_plane_dft(
 # Realism (RSBlur)
 # ---------------------------------------------------------------------------------------------
 
+NOISE_MODELS = ("none", "rsblur")
+
+
+def check_noise_options(noise: str, noise_preset: str) -> None:
+    """Raise a ValueError naming the option and its choices unless both are known."""
+    if noise not in NOISE_MODELS:
+        raise ValueError(f"--noise {noise!r}: choose one of {', '.join(NOISE_MODELS)}")
+    if noise_preset not in NOISE_PRESETS:
+        raise ValueError(f"--noise-preset {noise_preset!r}: choose one of {', '.join(NOISE_PRESETS)} "
+                         "(the camera and noise levels of RSBlur's pipeline)")
+
 
 def sample_realism(
     rng: np.random.Generator,
     noise: str = "none",
     saturation: bool = False,
     jpeg_quality: int | tuple[int, int] | None = None,
+    noise_preset: str = DEFAULT_NOISE_PRESET,
 ) -> dict:
     """Sample the realism parameters of one sample (RSBlur); a JSON-able dict.
 
     Args:
         rng: the sample's generator (draws happen only for the enabled parts, in the order
             saturation, noise, JPEG).
-        noise: ``"none"`` or ``"rsblur"`` (Poisson–Gaussian with RealBlur's levels).
+        noise: ``"none"`` or ``"rsblur"`` (RSBlur's camera pipeline, ``blurforge.camera``:
+            Poisson–Gaussian noise on a Bayer mosaic between an inverse and a forward ISP).
         saturation: add RSBlur's saturation term.
         jpeg_quality: None (lossless output), an int in 1..100, or an inclusive ``(lo, hi)``
             range to draw from. Only recorded here: the caller applies it when encoding.
+        noise_preset: ``"realblur"`` (default) or ``"rsblur"`` — the camera and noise levels
+            (``blurforge.camera.NOISE_PRESETS``); ignored without noise.
 
     Returns:
-        ``{"saturation_a": a | None, "noise": str, "noise_k": k | None,
-        "noise_s_var": s | None, "jpeg_quality": int | None}`` where
-        ``a ~ U(0.25, 1.75)``, ``k ~ U(0.5·β1, 1.5·β1)``, ``s ~ U(0.5·β2, 1.5·β2)``,
-        ``β1 = 8.8915e-5``, ``β2 = 2.9430e-5``. ``s`` is a variance — see ``apply_realism``.
+        ``{"saturation_a": a | None, "noise": str, "jpeg_quality": int | None}`` with
+        ``a ~ U(0.25, 1.75)``, and with ``noise="rsblur"`` also the camera-noise parameters of
+        ``camera.sample_camera_noise``: ``noise_preset, camera, bayer, wb_red_gain,
+        wb_blue_gain, noise_k`` (shot-noise scale) and ``noise_sigma`` (read-noise std).
     """
-    if noise not in ("none", "rsblur"):
-        raise ValueError(f"noise must be 'none' or 'rsblur', got {noise!r}")
-    params: dict = {
-        "saturation_a": None,
-        "noise": noise,
-        "noise_k": None,
-        "noise_s_var": None,
-        "jpeg_quality": None,
-    }
+    check_noise_options(noise, noise_preset)
+    params: dict = {"saturation_a": None, "noise": noise, "jpeg_quality": None}
     if saturation:
         params["saturation_a"] = float(rng.uniform(0.25, 1.75))
     if noise == "rsblur":
-        params["noise_k"] = float(rng.uniform(0.5 * RSBLUR_BETA1, 1.5 * RSBLUR_BETA1))
-        params["noise_s_var"] = float(rng.uniform(0.5 * RSBLUR_BETA2, 1.5 * RSBLUR_BETA2))
+        params.update(sample_camera_noise(rng, noise_preset))
     if jpeg_quality is not None:
         if isinstance(jpeg_quality, (tuple, list)):
             lo, hi = (int(q) for q in jpeg_quality)
@@ -288,47 +294,101 @@ def apply_realism(
     1. Saturation (if ``params["saturation_a"]`` is set): ``B += a · M_sat`` with
        ``M_sat = kernel ⊛ (sharp_lin >= 1)`` per channel (the blurred trail of the clipped
        highlights, which in the real scene were brighter than 1), then clip to [0, 1].
-    2. Noise (if ``params["noise"] == "rsblur"``): ``B = poisson(B / k) · k + N(0, s)``,
-       clip to [0, 1]; pixel-channels that are saturated (``B >= 1`` after step 1) stay at 1,
-       as in RSBlur (a clipped sensor value carries no noise).
-       **s is the variance** of the Gaussian term (its std is ``sqrt(s)`` ≈ 5.4e-3 for β2):
-       β1, β2 are the parameters of the noise-level function ``Var[B] = β1·B + β2`` fitted on
-       RealBlur, so β2 is a variance. Note: the RSBlur training code multiplies a standard
-       normal by ``s`` itself (std = s ≈ 3e-5, far below 8-bit quantisation); we follow the
-       noise model, not that line, which gives visibly noisier dark regions.
-       RSBlur adds noise on the mosaicked raw image inside an inverse ISP; this stage adds
-       it per pixel and channel in linear RGB (no camera matrix, white balance or demosaic).
+    2. Noise (if ``params["noise"] == "rsblur"``): ``blurforge.camera.camera_noise`` — linear
+       sRGB → camera RGB → Bayer mosaic ÷ WB gains → ``poisson(m/k)·k + σ·N(0, 1)`` → × WB
+       gains → demosaic → linear sRGB, clipped to [0, 1]. Pixel-channels saturated after
+       step 1 (``B >= 1``) stay at 1, as in RSBlur (a clipped sensor value carries no noise).
+       Rows written before the camera pipeline (params with ``noise_s_var``) re-render with
+       their own per-pixel model, see ``_legacy_pixel_noise``.
     3. JPEG (``params["jpeg_quality"]``) is not applied here: the caller encodes with it.
 
     Shapes: ``blurry_lin``, ``sharp_lin``: ``H×W×C`` float in [0, 1]; returns float32
     ``H×W×C``. ``params=None`` (or all parts disabled) returns a float32 copy.
     """
+    m_sat = None
+    if params and params.get("saturation_a") is not None:
+        clipped = np.asarray(sharp_lin) >= 1.0
+        if clipped.any():
+            m_sat = convolve(clipped.astype(_F32), kernel)
+    return _realism(blurry_lin, m_sat, params, rng)
+
+
+def _realism(blurry_lin: np.ndarray, m_sat: np.ndarray | None, params: dict | None,
+             rng: np.random.Generator) -> np.ndarray:
+    """Saturation ``B += a · m_sat`` (``m_sat`` None: nothing clipped) then noise; see
+    ``apply_realism``."""
     out = np.array(blurry_lin, dtype=_F32, copy=True)
     if not params:
         return out
     a = params.get("saturation_a")
     if a is not None:
-        clipped = np.asarray(sharp_lin) >= 1.0
-        if clipped.any():
-            out += _F32(a) * convolve(clipped.astype(_F32), kernel)
+        if m_sat is not None:
+            out += _F32(a) * m_sat
         np.clip(out, 0.0, 1.0, out=out)
     noise = params.get("noise", "none")
     if noise == "rsblur":
-        k = float(params["noise_k"])
-        s = float(params["noise_s_var"])
-        if not (k > 0 and s >= 0):
-            raise ValueError(f"noise_k must be > 0 and noise_s_var >= 0, got {k}, {s}")
         saturated = out >= 1.0
         np.clip(out, 0.0, 1.0, out=out)
-        counts = rng.poisson(out.astype(np.float64) / k)
-        gauss = rng.standard_normal(out.shape, dtype=_F32)
-        out = counts.astype(_F32) * _F32(k)
-        out += gauss * _F32(math.sqrt(s))
-        np.clip(out, 0.0, 1.0, out=out)
+        if "noise_s_var" in params:
+            out = _legacy_pixel_noise(out, params, rng)
+        else:
+            out = camera_noise(out, params, rng)
         out[saturated] = 1.0
     elif noise not in ("none", None):
-        raise ValueError(f"unknown noise model {noise!r} in realism params (expected 'none' or 'rsblur')")
+        raise ValueError(f"unknown noise model {noise!r} in realism params (expected one of {NOISE_MODELS})")
     return out
+
+
+def _legacy_pixel_noise(out: np.ndarray, params: dict, rng: np.random.Generator) -> np.ndarray:
+    """The per-pixel noise of rows written before the camera pipeline, kept so they re-render
+    bit for bit: ``poisson(B/k)·k + sqrt(s)·N(0, 1)`` per pixel and channel in linear RGB,
+    clipped, with ``s = params["noise_s_var"]``. It read RSBlur's β2 as a variance — a read-noise
+    std of ≈5.4e-3 instead of ≈2.9e-5 — so shadows got ~10 codes of noise; new rows never use it."""
+    k, s = float(params["noise_k"]), float(params["noise_s_var"])
+    if not (k > 0 and s >= 0):
+        raise ValueError(f"noise_k must be > 0 and noise_s_var >= 0, got {k}, {s}")
+    counts = rng.poisson(out.astype(np.float64) / k)
+    gauss = rng.standard_normal(out.shape, dtype=_F32)
+    out = counts.astype(_F32) * _F32(k)
+    out += gauss * _F32(math.sqrt(s))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def frames_realism(
+    avg_lin: np.ndarray, window_frames: list[np.ndarray], config: dict | None, seed: int
+) -> tuple[np.ndarray, dict | None]:
+    """The realism stage for a frame-averaged blurry image (``blurforge frames``).
+
+    Args:
+        avg_lin: ``H×W×3 float32`` average of the window in linear signal space.
+        window_frames: the window's original frames, ``H×W×3 uint8`` each.
+        config: ``{"noise": "none"|"rsblur", "noise_preset": ..., "saturation": bool}``; None or
+            empty (or nothing enabled) returns ``(avg_lin, None)`` untouched.
+        seed: the pair's seed. Parameters are drawn from ``default_rng([seed, 1])`` (as
+            ``sample_realism``), the noise from ``default_rng([seed, 2])``; so the row's
+            ``seed`` and ``params["realism"]`` re-render it from the average.
+
+    Saturation: ``B += a · M_sat`` with ``M_sat`` the per-channel fraction of the window's
+    frames that are clipped (code 255) at each pixel — the frame-averaging counterpart of
+    ``K ⊛ (S >= 1)``. (RSBlur's training code adds ``a · mask`` to its averaged images from a
+    precomputed mask file; with ``--interpolate`` only the original frames enter the mask.)
+    Noise: the camera pipeline, as ``apply_realism``.
+
+    Returns ``(blurry_lin, params)``: ``H×W×3 float32`` in [0, 1] and the sampled dict.
+    """
+    if not config or (config.get("noise", "none") == "none" and not config.get("saturation")):
+        return avg_lin, None
+    params = sample_realism(np.random.default_rng([seed, 1]), noise=config.get("noise", "none"),
+                            saturation=bool(config.get("saturation")),
+                            noise_preset=config.get("noise_preset") or DEFAULT_NOISE_PRESET)
+    m_sat = None
+    if params["saturation_a"] is not None:
+        acc = np.zeros(avg_lin.shape, dtype=_F32)
+        for f in window_frames:
+            acc += f == 255
+        if acc.any():
+            m_sat = acc * _F32(1.0 / len(window_frames))
+    return _realism(avg_lin, m_sat, params, np.random.default_rng([seed, 2])), params
 
 
 # ---------------------------------------------------------------------------------------------

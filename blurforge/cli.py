@@ -103,6 +103,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         sam2_checkpoint=args.sam2_checkpoint,
         device=args.device,
         max_objects=args.max_objects,
+        noise_preset=args.noise_preset,
     )
     return report_job(args, s, summarize_timing(s.stats))
 
@@ -149,6 +150,9 @@ def cmd_frames(args: argparse.Namespace) -> int:
         backend=args.backend,
         ray_address=args.ray_address,
         retries=args.retries,
+        noise=args.noise,
+        noise_preset=args.noise_preset,
+        saturation=args.saturation,
     )
     keys = ("decode_s", "interpolate_s", "average_s", "encode_s")
     return report_job(args, s, {k: sum(x.get(k, 0.0) for x in s.stats) for k in keys})
@@ -248,6 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--ray-address", metavar="ADDR",
                         help="Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT); default: start a local Ray")
 
+    def add_realism(sp, target="the blurry image"):
+        sp.add_argument("--noise", choices=["none", "rsblur"], default="none",
+                        help=f"rsblur: RSBlur's camera pipeline on {target} - Poisson-Gaussian noise on a random "
+                             "Bayer mosaic between an inverse and a forward ISP (colour matrix, white balance, "
+                             "demosaic); every sampled value goes into the row's params")
+        sp.add_argument("--noise-preset", choices=["realblur", "rsblur"], default="realblur",
+                        help="camera and noise levels for --noise rsblur: realblur = Sony A7R3 matrix, WB gains "
+                             "R U(1.9,2.4) B U(1.5,1.9), beta1 8.89e-5, read-noise std beta2 2.94e-5 (RSBlur's "
+                             "recipe for data made from other footage); rsblur = one of RSBlur's 19 capture "
+                             "settings, beta1 1e-4, beta2 9.15e-4 (2-3x the noise in the shadows)")
+        sp.add_argument("--saturation", action="store_true",
+                        help="RSBlur saturation: clipped highlights of the sharp input(s) brighten the blurry "
+                             "image by a*mask, a ~ U(0.25, 1.75)")
+
     def add(name, func, help_, description=None):
         sp = sub.add_parser(name, help=help_, description=description or help_, allow_abbrev=False,
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -273,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("synthesize", cmd_synthesize, "render blurry/sharp pairs from sharp images and a kernel bank",
             "Blurs every sharp image (recursively under --sharp) with a kernel drawn from the bank, in linear "
-            "light with reflected borders, optionally adding saturation, Poisson-Gaussian noise and JPEG. "
+            "light with reflected borders, optionally adding RSBlur's saturation and camera-pipeline noise "
+            "(--noise rsblur [--noise-preset realblur|rsblur] --saturation) and JPEG. "
             "Writes OUT/blur, OUT/sharp, OUT/manifest/*.parquet and OUT/errors/*.parquet. "
             "Re-running the same command resumes a killed run.")
     s.add_argument("--sharp", required=True, help="directory of sharp images")
@@ -297,9 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-objects", type=int, default=6, metavar="N",
                    help="nonuniform: at most N objects per image get their own kernel (0: background only)")
     s.add_argument("--workers", type=_positive_int, default=1, help="processes")
-    s.add_argument("--noise", choices=["none", "rsblur"], default="none",
-                   help="rsblur: Poisson-Gaussian noise with RealBlur-like parameters")
-    s.add_argument("--saturation", action="store_true", help="RSBlur saturation of clipped highlights")
+    add_realism(s)
     s.add_argument("--jpeg-quality", type=int, metavar="Q", help="store blurry images as JPEG of quality Q")
     s.add_argument("--pairs-per-image", type=_positive_int, default=1, help="pairs drawn from each sharp image")
     s.add_argument("--shard-size", type=_positive_int, default=64, help="pairs per shard (the unit of resume)")
@@ -312,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
             "optionally interpolating K frames between each pair with optical flow (no network weights) to "
             "a virtual high frame rate; the centre original frame is the sharp target. REDS: --window 5 "
             "--interpolate 15 --stride 5 (65 virtual frames, 120 -> 1920 fps). GoPro: --window 7:13 "
-            "--response gamma2.2 (a window drawn per sample). Bad clips land in the errors table.")
+            "--response gamma2.2 (a window drawn per sample). --noise rsblur / --saturation add RSBlur's "
+            "realism stage to the blurry average, e.g. --window 7 --noise rsblur --saturation. "
+            "Bad clips land in the errors table.")
     f.add_argument("--videos", required=True, help="directory of video clips (searched recursively)")
     f.add_argument("--out", required=True, help="output directory (or a pyarrow filesystem URI)")
     f.add_argument("--seed", type=int, default=0, help="run seed; each pair's seed derives from (seed, key)")
@@ -325,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--stride", type=_positive_int, metavar="M", help="frames between centre frames (default: window)")
     f.add_argument("--workers", type=_positive_int, default=1, help="processes (or Ray tasks in flight)")
     f.add_argument("--shard-size", type=_positive_int, default=1, help="clips per shard (the unit of resume)")
+    add_realism(f, "the blurry average (the sharp frame is kept as decoded)")
     f.add_argument("--key-prefix", default="frames", help="prefix of the pairs' keys")
     f.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")
     add_backend(f)

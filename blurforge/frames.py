@@ -41,6 +41,13 @@ about the length cannot be trusted about the frames either.
 Keys are ``PREFIX/REL_PATH/CENTRE`` (prefix ``frames`` by default); ``seed = seed_for(run_seed,
 key)``; the window of a sample is drawn from ``default_rng([seed, 0])`` when ``--window`` is a
 range (and recorded either way).
+
+Realism (``--noise rsblur``, ``--saturation``; off by default): the blurry average gets RSBlur's
+saturation and camera-pipeline noise in linear signal space, before the response is applied again
+(``blurforge.blur.frames_realism``) — averaging ``N`` frames divides the video's own noise by
+``√N``, so without it the blurry image is far cleaner than its sharp target. Its parameters are
+drawn from ``default_rng([seed, 1])``, the noise from ``default_rng([seed, 2])``, and recorded in
+``params["realism"]``. The sharp target is untouched.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from blurforge.blur import frames_realism
 from blurforge.seeding import seed_for
 from blurforge.storage import Location
 from blurforge.shards import RunSummary, ShardTask, check_run_config, finish_shard, make_tasks, run_shards
@@ -187,6 +195,7 @@ class _ClipAverager:
         self.next_centre = self.half
         self.flow = make_flow() if self.k else None
         self.timing = {"average_s": 0.0, "interpolate_s": 0.0}
+        self.realism: dict[int, dict | None] = {}  # centre -> realism params (None: no realism stage)
 
     def push(self, i: int, frame: np.ndarray):
         """Add decoded frame ``i``; yields ``(key, centre, window, seed, blurry_srgb, sharp_uint8)``."""
@@ -232,6 +241,8 @@ class _ClipAverager:
             t = time.perf_counter()
         virtual = n + (n - 1) * self.k
         acc *= np.float32(1.0 / virtual)
+        window = [self.raw[j] for j in range(c - h, c + h + 1)]
+        acc, self.realism[c] = frames_realism(acc, window, self.cfg.get("realism"), seed)  # noise, saturation
         blurry = apply_response(acc, self.cfg["response"])
         self.timing["average_s"] += time.perf_counter() - t
         return key, c, n, seed, blurry, self.raw[c]
@@ -308,6 +319,9 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[d
                     "virtual_fps": clip.fps * (cfg["interpolate"] + 1),
                     "flow": FLOW if cfg["interpolate"] else None,
                 }
+                realism = avg.realism.pop(c, None)
+                if realism is not None:
+                    params["realism"] = realism
                 rows.append({
                     "key": key, "blur_path": blur_rel, "sharp_path": sharp_rel, "split": "train",
                     "source": "frames", "width": int(sharp.shape[1]), "height": int(sharp.shape[0]),
@@ -375,6 +389,9 @@ def run_frames(
     backend: str = "local",
     ray_address: str | None = None,
     retries: int = 2,
+    noise: str = "none",
+    noise_preset: str = "realblur",
+    saturation: bool = False,
 ) -> RunSummary:
     """Plan, run (resuming finished shards) and summarise a frames job.
 
@@ -382,7 +399,9 @@ def run_frames(
     K in-betweens per consecutive pair; ``stride``: distance between successive centre frames
     (default: the largest window, so windows do not overlap); ``shard_size``: clips per shard
     (the unit of resume); ``frame_timeout`` / ``clip_timeout``: seconds without a new frame /
-    for a whole clip before it is recorded as hanging (None: no limit).
+    for a whole clip before it is recorded as hanging (None: no limit). ``noise`` (``"rsblur"``:
+    the camera pipeline with ``noise_preset``) and ``saturation``: the realism stage on the
+    blurry average (``blur.frames_realism``; parameters in the row's ``params["realism"]``).
     """
     from blurforge.video import DECODERS, find_videos
 
@@ -399,6 +418,7 @@ def run_frames(
     stride = lo_hi[1] if stride is None else int(stride)
     if stride < 1:
         raise ValueError(f"--stride must be at least 1, got {stride}")
+    realism = _realism_config(noise, noise_preset, saturation)
     items = find_videos(videos)
     if not items:
         raise FileNotFoundError(f"--videos {videos}: no video files found (looked for {', '.join(_exts())})")
@@ -416,11 +436,22 @@ def run_frames(
         "frame_timeout": frame_timeout,
         "clip_timeout": clip_timeout,
     }
+    if realism:  # only when enabled, so runs without it keep their run.json
+        config["realism"] = realism
     out.makedirs()
     check_run_config(out.uri, config)
     tasks = make_tasks(items, shard_size, out.uri, config)
     return run_shards(frames_worker, tasks, workers=workers, progress=progress, desc="frames",
                       backend=backend, ray_address=ray_address, retries=retries)
+
+
+def _realism_config(noise: str, noise_preset: str, saturation: bool) -> dict | None:
+    from blurforge.blur import check_noise_options
+
+    check_noise_options(noise, noise_preset)
+    if noise == "none" and not saturation:
+        return None
+    return {"noise": noise, "noise_preset": noise_preset if noise != "none" else None, "saturation": bool(saturation)}
 
 
 def _exts() -> tuple[str, ...]:

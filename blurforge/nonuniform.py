@@ -268,6 +268,7 @@ def sample_nonuniform_params(rng: np.random.Generator, bank, masks: Sequence[np.
     above the background).
     """
     from blurforge.blur import sample_realism
+    from blurforge.camera import DEFAULT_NOISE_PRESET
 
     lengths = bank.table.column("length")
 
@@ -290,7 +291,8 @@ def sample_nonuniform_params(rng: np.random.Generator, bank, masks: Sequence[np.
         "objects": objects,
         "composite": {**COMPOSITE, "rim": int(config.get("rim", DEFAULT_RIM))},
         "realism": sample_realism(
-            rng, noise=config["noise"], saturation=config["saturation"], jpeg_quality=config["jpeg_quality"]
+            rng, noise=config["noise"], saturation=config["saturation"], jpeg_quality=config["jpeg_quality"],
+            noise_preset=config.get("noise_preset") or DEFAULT_NOISE_PRESET,
         ),
     }
 

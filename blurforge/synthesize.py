@@ -83,6 +83,7 @@ def plan_uniform(sharp_dir: Path, pairs_per_image: int, key_prefix: str) -> list
 def sample_uniform_params(rng: np.random.Generator, bank, config: dict) -> dict:
     """Draw a sample's parameters: which kernel, and the realism settings."""
     from blurforge.blur import sample_realism
+    from blurforge.camera import DEFAULT_NOISE_PRESET
 
     i = int(rng.integers(len(bank)))
     kernel_id = bank.ids[i]
@@ -91,7 +92,8 @@ def sample_uniform_params(rng: np.random.Generator, bank, config: dict) -> dict:
         "kernel_length": float(bank.table.column("length")[i].as_py()),
         "kernel_bank_sha256": config["kernel_bank_sha256"],
         "realism": sample_realism(
-            rng, noise=config["noise"], saturation=config["saturation"], jpeg_quality=config["jpeg_quality"]
+            rng, noise=config["noise"], saturation=config["saturation"], jpeg_quality=config["jpeg_quality"],
+            noise_preset=config.get("noise_preset") or DEFAULT_NOISE_PRESET,
         ),
     }
 
@@ -235,12 +237,15 @@ def run_synthesize(
     sam2_checkpoint: str | Path | None = None,
     device: str = "cpu",
     max_objects: int = 6,
+    noise_preset: str = "realblur",
 ) -> RunSummary:
     """Plan, run (resuming finished shards) and summarise a synthesize job.
 
     ``mode="nonuniform"`` segments each image with ``segmenter`` (``"classical"``, or ``"sam2"``
     with ``sam2_checkpoint``, a file matching ``sam2_config``, run on ``device``) and gives up to
     ``max_objects`` objects per image their own kernels; these settings are ignored in uniform mode.
+    ``noise="rsblur"`` adds RSBlur's camera-pipeline noise with ``noise_preset`` (``realblur`` or
+    ``rsblur``, see ``blurforge.camera``).
     """
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -253,6 +258,9 @@ def run_synthesize(
         raise ValueError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
     if pairs_per_image < 1:
         raise ValueError(f"--pairs-per-image must be at least 1, got {pairs_per_image}")
+    from blurforge.blur import check_noise_options
+
+    check_noise_options(noise, noise_preset)
     _bank(str(kernels.resolve()))  # fail early, in the driver, on a bad bank
     config = {
         "mode": mode,
@@ -267,6 +275,8 @@ def run_synthesize(
         "shard_size": shard_size,
         "key_prefix": key_prefix or mode,
     }
+    if noise != "none":  # only with noise, so runs without it keep their run.json
+        config["noise_preset"] = noise_preset
     if mode == "nonuniform":
         config["segmenter"] = _segmenter_settings(segmenter, sam2_config, sam2_checkpoint, device, max_objects)
     items = plan_uniform(sharp, pairs_per_image, config["key_prefix"])

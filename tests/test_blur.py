@@ -9,8 +9,6 @@ import pytest
 import scipy.ndimage as ndi
 
 from blurforge.blur import (
-    RSBLUR_BETA1,
-    RSBLUR_BETA2,
     apply_realism,
     convolve,
     linear_to_srgb,
@@ -18,6 +16,7 @@ from blurforge.blur import (
     sample_realism,
     srgb_to_linear,
 )
+from blurforge.camera import BAYER_PATTERNS, CAMERAS, NOISE_PRESETS
 from conftest import photo
 
 
@@ -182,20 +181,30 @@ def test_render_uniform_checks_the_kernel():
 # --- realism --------------------------------------------------------------------------------
 
 
-def test_sample_realism_ranges_and_json():
+@pytest.mark.parametrize("preset", list(NOISE_PRESETS))
+def test_sample_realism_ranges_and_json(preset):
     rng = np.random.default_rng(5)
     none = sample_realism(rng)
-    assert none == {"saturation_a": None, "noise": "none", "noise_k": None, "noise_s_var": None, "jpeg_quality": None}
+    assert none == {"saturation_a": None, "noise": "none", "jpeg_quality": None}
+    beta1, beta2 = NOISE_PRESETS[preset]["beta1"], NOISE_PRESETS[preset]["beta2"]
     for _ in range(200):
-        p = sample_realism(rng, noise="rsblur", saturation=True, jpeg_quality=(60, 95))
+        p = sample_realism(rng, noise="rsblur", saturation=True, jpeg_quality=(60, 95), noise_preset=preset)
         assert json.loads(json.dumps(p)) == p
         assert 0.25 <= p["saturation_a"] <= 1.75
-        assert 0.5 * RSBLUR_BETA1 <= p["noise_k"] <= 1.5 * RSBLUR_BETA1
-        assert 0.5 * RSBLUR_BETA2 <= p["noise_s_var"] <= 1.5 * RSBLUR_BETA2
+        assert p["noise_preset"] == preset and p["camera"] in CAMERAS and p["bayer"] in BAYER_PATTERNS
+        assert 0.5 * beta1 <= p["noise_k"] <= 1.5 * beta1
+        assert 0.5 * beta2 <= p["noise_sigma"] <= 1.5 * beta2  # a standard deviation
         assert 60 <= p["jpeg_quality"] <= 95 and isinstance(p["jpeg_quality"], int)
     assert sample_realism(rng, jpeg_quality=80)["jpeg_quality"] == 80
     with pytest.raises(ValueError, match="noise"):
         sample_realism(rng, noise="gaussian")
+    with pytest.raises(ValueError, match="--noise-preset"):
+        sample_realism(rng, noise="rsblur", noise_preset="gopro")
+
+
+def test_default_preset_is_realblur():
+    p = sample_realism(np.random.default_rng(0), noise="rsblur")
+    assert p["noise_preset"] == "realblur" and p["camera"] == "a7r3"
 
 
 def _scene():
@@ -220,7 +229,7 @@ def test_apply_realism_is_pure():
     k = _random_kernel(np.random.default_rng(8), (9, 9))
     blurry_lin = convolve(sharp_lin, k)
     before = blurry_lin.copy(), sharp_lin.copy()
-    params = {"saturation_a": 1.0, "noise": "rsblur", "noise_k": RSBLUR_BETA1, "noise_s_var": RSBLUR_BETA2}
+    params = sample_realism(np.random.default_rng(1), noise="rsblur", saturation=True)
     apply_realism(blurry_lin, sharp_lin, k, params, np.random.default_rng(0))
     assert np.array_equal(blurry_lin, before[0]) and np.array_equal(sharp_lin, before[1])
 
@@ -250,21 +259,38 @@ def test_saturation_brightens_only_around_saturated_pixels():
     assert out.max() <= 1.0
 
 
-def test_noise_statistics_match_the_parameters():
+def test_legacy_rows_keep_their_per_pixel_noise():
+    """Rows written before the camera pipeline carry ``noise_s_var`` and re-render with their own
+    model: Poisson–Gaussian per pixel in linear RGB with the Gaussian part a variance."""
     x = 0.25
     blurry_lin = np.full((256, 256, 3), x, np.float32)
     k_shot, s_var = 2e-4, 4e-5
-    params = {"saturation_a": None, "noise": "rsblur", "noise_k": k_shot, "noise_s_var": s_var}
+    params = {"saturation_a": None, "noise": "rsblur", "noise_k": k_shot, "noise_s_var": s_var, "jpeg_quality": None}
     out = apply_realism(blurry_lin, blurry_lin, np.ones((1, 1)), params, np.random.default_rng(13))
-    expected_var = k_shot * x + s_var  # Poisson part k·x, Gaussian part s (a variance)
+    expected_var = k_shot * x + s_var
     assert abs(out.mean() - x) < 5 * np.sqrt(expected_var / out.size)
     assert out.var() == pytest.approx(expected_var, rel=0.03)
+    # independent of position: no mosaic, no demosaic correlation between neighbours
+    assert abs(np.corrcoef(out[:, :-1, 1].ravel(), out[:, 1:, 1].ravel())[0, 1]) < 0.02
+
+
+def test_camera_noise_is_what_apply_realism_adds():
+    """New rows go through the camera pipeline: demosaicking correlates neighbours (the legacy
+    model does not), and the read noise is a standard deviation (dark patches stay moderate)."""
+    x = srgb_to_linear(np.float32(0.05))
+    blurry_lin = np.full((200, 200, 3), x, np.float32)
+    params = sample_realism(np.random.default_rng(4), noise="rsblur")
+    out = apply_realism(blurry_lin, blurry_lin, np.ones((1, 1)), params, np.random.default_rng(5))
+    g = out[4:-4, 4:-4, 1]
+    assert np.corrcoef(g[:, :-1].ravel(), g[:, 1:].ravel())[0, 1] > 0.1
+    codes = linear_to_srgb(out)[4:-4, 4:-4] * 255
+    assert codes.std() < 4.0 and abs(codes.mean() - 0.05 * 255) < 1.5
 
 
 def test_noise_spares_saturated_pixels():
     blurry_lin = np.full((40, 40, 3), 0.5, np.float32)
     blurry_lin[:10] = 1.0
-    params = {"noise": "rsblur", "noise_k": RSBLUR_BETA1, "noise_s_var": RSBLUR_BETA2}
+    params = sample_realism(np.random.default_rng(2), noise="rsblur")
     out = apply_realism(blurry_lin, blurry_lin, np.ones((1, 1)), params, np.random.default_rng(14))
     assert np.all(out[:10] == 1.0)
     assert out[10:].std() > 1e-3

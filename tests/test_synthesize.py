@@ -143,7 +143,7 @@ def test_resume_refuses_other_settings(photos_dir, small_bank, tmp_path, capsys)
     out = tmp_path / "out"
     assert synth(photos_dir, small_bank, out) == 0
     assert synth(photos_dir, small_bank, out, "--noise", "rsblur") == 2
-    assert "other settings (noise)" in capsys.readouterr().err
+    assert "other settings (noise, noise_preset)" in capsys.readouterr().err
 
 
 def test_missing_inputs_give_clear_errors(photos_dir, small_bank, tmp_path, capsys):

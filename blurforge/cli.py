@@ -105,6 +105,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         sam2_checkpoint=args.sam2_checkpoint,
         device=args.device,
         max_objects=args.max_objects,
+        borders=args.borders,
     )
     return report_job(args, s, summarize_timing(s.stats))
 
@@ -282,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("synthesize", cmd_synthesize, "render blurry/sharp pairs from sharp images and a kernel bank",
             "Blurs every sharp image (recursively under --sharp) with a kernel drawn from the bank, in linear "
-            "light with reflected borders, optionally adding saturation, Poisson-Gaussian noise and JPEG. "
+            "light, optionally adding saturation, Poisson-Gaussian noise and JPEG, and crops both images to the "
+            "pixels that saw only real content (--borders valid; --borders reflect keeps the full size). "
             "Writes OUT/blur, OUT/sharp, OUT/manifest/*.parquet and OUT/errors/*.parquet. "
             "Re-running the same command resumes a killed run.")
     s.add_argument("--sharp", required=True, help="directory of sharp images")
@@ -308,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--saturation", action="store_true", help="RSBlur saturation of clipped highlights")
     s.add_argument("--jpeg-quality", type=int, metavar="Q", help="store blurry images as JPEG of quality Q")
     s.add_argument("--pairs-per-image", type=_positive_int, default=1, help="pairs drawn from each sharp image")
+    s.add_argument("--borders", choices=["valid", "reflect"], default="valid",
+                   help="valid: crop both images by the reach of the kernel(s) applied, so no pixel blurs a "
+                        "reflected border (pairs are smaller than the source by up to the kernel size - 1); "
+                        "reflect: keep the source size, with reflected borders in a band of half the kernel")
     s.add_argument("--shard-size", type=_positive_int, default=64, help="pairs per shard (the unit of resume)")
     s.add_argument("--key-prefix", help="prefix of the pairs' keys (default: the mode); make runs distinct")
     s.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")

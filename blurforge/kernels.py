@@ -869,8 +869,9 @@ class KernelBank:
         table: every column but ``kernel`` (so the values are held only once), with the
             :data:`DERIVED_COLUMNS` computed here when the file predates them.
         ids: the ``kernel_id`` of each row; ``name``: for messages.
-        sizes: ``(n,)`` each kernel's size; ``size``: the smallest (the bank's ``--size``;
-            kernels of long trajectories can be larger when it was made with ``--working-size``).
+        sizes: ``(n,)`` each kernel's size; ``size``: the smallest (normally the bank's
+            ``--size``; kernels of long trajectories are larger when it was made with a larger
+            ``--working-size``).
         kernels: all kernels as one ``(n, size, size)`` float32 array (lookups are views) when
             they share one size; see :meth:`padded` otherwise.
     """

@@ -11,10 +11,15 @@ Departures from the MATLAB code, on purpose:
 * every kernel is shifted so that its (exposure-weighted) centroid lies exactly on the centre
   pixel ``(size - 1) / 2``; the bilinear splat preserves the first moment, so the kernel's
   centroid is the centre and blurry/sharp pairs stay aligned;
-* a trajectory that does not fit the ``size x size`` window (bilinear needs the samples in
-  ``[0, size - 1)``) is rejected and redrawn from the same per-kernel generator: the length ``L``
-  is drawn once per kernel, the shape parameters and the walk are redrawn; ``resamples`` counts
-  the rejected attempts.
+* a trajectory that does not fit the ``working_size x working_size`` window (default ``size``;
+  bilinear needs the samples in ``[0, working_size - 1)``) is rejected and redrawn from the same
+  per-kernel generator: the length ``L`` is drawn once per kernel, the shape parameters and the
+  walk are redrawn; ``resamples`` counts the rejected attempts. Rejection removes long, straight
+  walks preferentially; with ``working_size > size`` a walk that fits the working window but not
+  ``size x size`` is kept and stored at the smallest odd size that holds it (``size`` per row),
+  so the stored kernel is always the whole PSF;
+* each row records the kernel's shape (``extent_width``, ``extent_height``: bounding box of the
+  non-zero taps; ``radius_of_gyration`` about its centroid), see :func:`kernel_shape_stats`.
 
 Randomness. Kernel ``i`` is ``kernel_id = f"k{i:08d}"`` and draws everything from
 ``np.random.default_rng(seed_for(run_seed, kernel_id))`` (its ``seed`` column) in a fixed order:

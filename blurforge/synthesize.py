@@ -8,7 +8,7 @@ Per sample (key ``PREFIX/REL_PATH/J``):
    (``rerender``), whichever worker drew it and in whatever order.
 2. The sharp image is decoded (orientation, alpha, grey and bit depth normalised as
    ``blurforge.imageio.read_image`` documents) and stored losslessly as PNG at its own bit depth,
-   so the stored sharp image is exactly the one that was blurred.
+   so the stored sharp image is exactly the one that was blurred (cropped like the blurry one, see 4).
 3. The blurry image is rendered in linear light (``blurforge.blur.render_uniform``) and stored as
    PNG (or JPEG when ``--jpeg-quality`` is given).
 4. Borders (``--borders valid``, the default): a pixel within a kernel's reach of the edge

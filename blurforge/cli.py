@@ -61,19 +61,21 @@ def cmd_kernels(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         backend=args.backend,
         ray_address=args.ray_address,
+        working_size=args.working_size,
     )
     write_bank(table, args.out)
     s = bank_summary(table)
     extra = ""
     if args.preview:
         bank = read_bank(args.out)
-        n = min(len(bank), args.preview_count)
-        kernel_contact_sheet(bank.kernels[:n], args.preview)
+        kernel_contact_sheet(bank.padded(range(min(len(bank), args.preview_count))), args.preview)
         extra = f", preview {args.preview}"
+    larger = f" ({s['larger_than_size']} larger, up to {s['size_max']})" if s["larger_than_size"] else ""
     print(
-        f"kernels: {s['count']} kernels {args.size}x{args.size} in {time.perf_counter() - t0:.1f} s, "
-        f"{s['total_resamples']} trajectories resampled ({100 * s['rejection_rate']:.1f}% rejected) "
-        f"-> {args.out}{extra}"
+        f"kernels: {s['count']} kernels {args.size}x{args.size}{larger} in {time.perf_counter() - t0:.1f} s, "
+        f"median extent {s['extent_q'][2]:.0f} px (95%: {s['extent_q'][4]:.0f}), median radius of gyration "
+        f"{s['rg_q'][2]:.1f} px, {s['total_resamples']} trajectories resampled "
+        f"({100 * s['rejection_rate']:.1f}% rejected) -> {args.out}{extra}"
     )
     return 0
 
@@ -104,6 +106,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         device=args.device,
         max_objects=args.max_objects,
         noise_preset=args.noise_preset,
+        borders=args.borders,
     )
     return report_job(args, s, summarize_timing(s.stats))
 
@@ -275,11 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = add("kernels", cmd_kernels, "make a Boracchi–Foi motion-blur kernel bank (Parquet)",
             "Random camera-shake trajectories (Boracchi & Foi 2012) splatted into PSFs, normalised to sum 1 "
-            "and centred on their centroid. Trajectories that leave the support are resampled and counted. "
+            "and centred on their centroid. Trajectories that leave the --working-size window (default: "
+            "--size) are resampled and counted; with a larger --working-size, long walks that do not fit "
+            "--size are kept at their own (odd) size instead of being redrawn, e.g. "
+            "'blurforge kernels --count 10000 --size 63 --working-size 255 --out kernels.parquet'. "
+            "Each row records the kernel's extent and radius of gyration. "
             "The same --seed gives the same bank for any --workers.")
     k.add_argument("--count", type=_positive_int, required=True, help="number of kernels")
     k.add_argument("--seed", type=int, default=0, help="run seed; kernel i uses a generator derived from (seed, id)")
     k.add_argument("--size", type=int, default=63, help="kernel support in pixels (odd)")
+    k.add_argument("--working-size", type=int, metavar="N",
+                   help="odd window (>= --size) a trajectory must fit; kernels that need more than --size "
+                        "are stored at their own size up to N (default: --size, the paper's setting)")
     k.add_argument("--out", required=True, help="output Parquet file, e.g. kernels.parquet")
     k.add_argument("--length-min", type=float, default=1.0, help="shortest trajectory length (px)")
     k.add_argument("--length-max", type=float, default=1000.0, help="longest trajectory length (px)")
@@ -291,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("synthesize", cmd_synthesize, "render blurry/sharp pairs from sharp images and a kernel bank",
             "Blurs every sharp image (recursively under --sharp) with a kernel drawn from the bank, in linear "
-            "light with reflected borders, optionally adding RSBlur's saturation and camera-pipeline noise "
-            "(--noise rsblur [--noise-preset realblur|rsblur] --saturation) and JPEG. "
+            "light, optionally adding RSBlur's saturation and camera-pipeline noise "
+            "(--noise rsblur [--noise-preset realblur|rsblur] --saturation) and JPEG, and crops both images to the "
+            "pixels that saw only real content (--borders valid; --borders reflect keeps the full size). "
             "Writes OUT/blur, OUT/sharp, OUT/manifest/*.parquet and OUT/errors/*.parquet. "
             "Re-running the same command resumes a killed run.")
     s.add_argument("--sharp", required=True, help="directory of sharp images")
@@ -319,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_realism(s)
     s.add_argument("--jpeg-quality", type=int, metavar="Q", help="store blurry images as JPEG of quality Q")
     s.add_argument("--pairs-per-image", type=_positive_int, default=1, help="pairs drawn from each sharp image")
+    s.add_argument("--borders", choices=["valid", "reflect"], default="valid",
+                   help="valid: crop both images by the reach of the kernel(s) applied, so no pixel blurs a "
+                        "reflected border (pairs are smaller than the source by up to the kernel size - 1); "
+                        "reflect: keep the source size, with reflected borders in a band of half the kernel")
     s.add_argument("--shard-size", type=_positive_int, default=64, help="pairs per shard (the unit of resume)")
     s.add_argument("--key-prefix", help="prefix of the pairs' keys (default: the mode); make runs distinct")
     s.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")

@@ -11,10 +11,15 @@ Departures from the MATLAB code, on purpose:
 * every kernel is shifted so that its (exposure-weighted) centroid lies exactly on the centre
   pixel ``(size - 1) / 2``; the bilinear splat preserves the first moment, so the kernel's
   centroid is the centre and blurry/sharp pairs stay aligned;
-* a trajectory that does not fit the ``size x size`` window (bilinear needs the samples in
-  ``[0, size - 1)``) is rejected and redrawn from the same per-kernel generator: the length ``L``
-  is drawn once per kernel, the shape parameters and the walk are redrawn; ``resamples`` counts
-  the rejected attempts.
+* a trajectory that does not fit the ``working_size x working_size`` window (default ``size``;
+  bilinear needs the samples in ``[0, working_size - 1)``) is rejected and redrawn from the same
+  per-kernel generator: the length ``L`` is drawn once per kernel, the shape parameters and the
+  walk are redrawn; ``resamples`` counts the rejected attempts. Rejection removes long, straight
+  walks preferentially; with ``working_size > size`` a walk that fits the working window but not
+  ``size x size`` is kept and stored at the smallest odd size that holds it (``size`` per row),
+  so the stored kernel is always the whole PSF;
+* each row records the kernel's shape (``extent_width``, ``extent_height``: bounding box of the
+  non-zero taps; ``radius_of_gyration`` about its centroid), see :func:`kernel_shape_stats`.
 
 Randomness. Kernel ``i`` is ``kernel_id = f"k{i:08d}"`` and draws everything from
 ``np.random.default_rng(seed_for(run_seed, kernel_id))`` (its ``seed`` column) in a fixed order:
@@ -48,7 +53,9 @@ from blurforge.seeding import seed_for
 
 SCHEMA_VERSION = "1"
 
-#: Columns of a kernel bank; one row per kernel. ``kernel`` is row-major and sums to 1.
+#: Columns of a kernel bank; one row per kernel. ``kernel`` is row-major, ``size x size``, sums
+#: to 1 and is centred on its centroid; ``size`` is per row (kernels of long trajectories may be
+#: larger than the bank's ``--size`` when it was made with a larger ``--working-size``).
 BANK_SCHEMA = pa.schema(
     [
         pa.field("kernel_id", pa.string(), nullable=False),
@@ -66,8 +73,16 @@ BANK_SCHEMA = pa.schema(
         pa.field("freq_big_shakes", pa.float64(), nullable=False),
         pa.field("angle", pa.float64(), nullable=False),  # initial direction, degrees
         pa.field("num_steps", pa.int32(), nullable=False),
+        # Added later: banks without them still read (computed on read, see KernelBank).
+        pa.field("working_size", pa.int32(), nullable=False),  # window the trajectory had to fit (px)
+        pa.field("extent_width", pa.int32(), nullable=False),  # bounding box of the non-zero taps (px)
+        pa.field("extent_height", pa.int32(), nullable=False),
+        pa.field("radius_of_gyration", pa.float64(), nullable=False),  # about the kernel's centroid (px)
     ]
 )
+
+#: Columns a bank may lack (written before they existed); KernelBank fills them in on read.
+DERIVED_COLUMNS = ("working_size", "extent_width", "extent_height", "radius_of_gyration")
 
 #: Parameters drawn again at every attempt; with ``length`` they define a trajectory.
 SHAPE_PARAMS = ("centripetal", "gaussian_term", "freq_big_shakes", "angle", "anxiety")
@@ -268,15 +283,56 @@ def psf_from_trajectory(
     """
     _check_size(size)
     positions = np.atleast_2d(positions)
+    kernels = np.empty((positions.shape[0], size, size)) if out is None else out  # every row is written
+    if kernels.shape != (positions.shape[0], size, size):
+        raise ValueError(f"out must have shape {(positions.shape[0], size, size)}; got {kernels.shape}")
+    raw_sum, fits, _ = _splat_psfs(positions, size, size, exposure, kernels)
+    return kernels, raw_sum, fits
+
+
+def splat_psfs(
+    positions: np.ndarray, size: int, working_size: int, exposure: float = 1.0
+) -> tuple[list, np.ndarray, np.ndarray]:
+    """Like :func:`psf_from_trajectory`, but a trajectory only has to fit a ``working_size``
+    window (odd, ``>= size``), and each PSF is stored at its own size: ``size``, or the smallest
+    larger odd size that holds it, centred on the centroid pixel. Cropping the working window
+    to that size drops only zeros, so the stored kernel is the whole PSF.
+
+    Returns ``kernels`` (a list of ``(s, s)`` float64 arrays summing to 1, None where the
+    trajectory does not fit), ``raw_sum (B,)`` and ``fits (B,)``.
+    """
+    _check_size(size)
+    positions = np.atleast_2d(positions)
+    out = np.empty((positions.shape[0], size, size))
+    raw_sum, fits, larger = _splat_psfs(positions, size, working_size, exposure, out)
+    kernels = [larger.get(i, out[i]) if ok else None for i, ok in enumerate(fits)]
+    return kernels, raw_sum, fits
+
+
+def _splat_psfs(
+    positions: np.ndarray, size: int, working_size: int, exposure: float, out: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Centre each trajectory on the centre pixel of a ``working_size`` window, test that it
+    fits there, and splat it. PSFs that fit the central ``size x size`` window are written to
+    ``out[i]`` (those that do not fit at all get zeros there); larger ones are returned as
+    ``{i: (s, s) float64}``, ``s`` the smallest odd size holding them.
+
+    Positions, fractions and sums are computed the same way whatever the window sizes (only
+    integer pixel indices are shifted), so ``working_size == size`` is the plain fixed-window
+    splat, and a kernel's values do not depend on which other kernels share its batch.
+    """
+    _check_size(working_size)
+    if working_size < size:
+        raise ValueError(f"working_size ({working_size}) must be >= size ({size})")
     batch, num_steps = positions.shape
     w = exposure_weights(num_steps, exposure)
     n_exposed, w_sum, full_exposure = w.size, w.sum(), bool(np.all(w == 1))
-    centre = (size - 1) / 2.0
-    kernels = np.empty((batch, size, size)) if out is None else out  # every row is written below
-    if kernels.shape != (batch, size, size):
-        raise ValueError(f"out must have shape {(batch, size, size)}; got {kernels.shape}")
+    weights = None if full_exposure else w
+    centre = (working_size - 1) / 2.0
+    mid, half = (working_size - 1) // 2, (size - 1) // 2  # centre pixel; reach of a size x size window
     raw_sum = np.full(batch, np.nan)
     fits = np.zeros(batch, dtype=bool)
+    larger: dict[int, np.ndarray] = {}
 
     # A few kernels at a time, so that the temporaries stay in cache.
     for start in range(0, batch, _SPLAT_BATCH):
@@ -286,26 +342,37 @@ def psf_from_trajectory(
         weighted = (cols, rows) if full_exposure else (cols * w, rows * w)
         cols = cols + (centre - weighted[0].sum(axis=1) / w_sum)[:, None]
         rows = rows + (centre - weighted[1].sum(axis=1) / w_sum)[:, None]
-        ok = (cols.min(axis=1) >= 0) & (cols.max(axis=1) < size - 1)
-        ok &= (rows.min(axis=1) >= 0) & (rows.max(axis=1) < size - 1)
+        lo_c, hi_c, lo_r, hi_r = cols.min(axis=1), cols.max(axis=1), rows.min(axis=1), rows.max(axis=1)
+        ok = (lo_c >= 0) & (hi_c < working_size - 1) & (lo_r >= 0) & (hi_r < working_size - 1)
         fits[part] = ok
-        kernels[part[~ok]] = 0
-        if not ok.any():
-            continue
-        if not ok.all():
-            cols, rows, part = cols[ok], rows[ok], part[ok]
-        raw = _splat(cols, rows, None if full_exposure else w, size)
-        sums = raw.sum(axis=1)
-        raw /= sums[:, None]
-        raw_sum[part] = sums / num_steps
-        kernels[part] = raw.reshape(-1, size, size)
-    return kernels, raw_sum, fits
+        if working_size == size:
+            small = ok
+        else:  # pixels touched: floor(lowest) .. floor(highest) + 1 on each axis
+            reach = np.maximum.reduce([mid - np.floor(lo_c), np.floor(hi_c) + 1 - mid,
+                                       mid - np.floor(lo_r), np.floor(hi_r) + 1 - mid]).astype(np.intp)
+            small = ok & (reach <= half)
+        out[part[~small]] = 0
+        if small.any():
+            sel = slice(None) if small.all() else small
+            raw = _splat(cols[sel], rows[sel], weights, size, mid - half)
+            sums = raw.sum(axis=1)
+            raw /= sums[:, None]
+            raw_sum[part[sel]] = sums / num_steps
+            out[part[sel]] = raw.reshape(-1, size, size)
+        for j in np.flatnonzero(ok & ~small):  # long trajectories: one at a time, in their own window
+            r = int(reach[j])
+            raw = _splat(cols[j : j + 1], rows[j : j + 1], weights, 2 * r + 1, mid - r)
+            sums = raw.sum(axis=1)
+            raw /= sums[:, None]
+            raw_sum[part[j]] = sums[0] / num_steps
+            larger[int(part[j])] = raw.reshape(2 * r + 1, 2 * r + 1)
+    return raw_sum, fits, larger
 
 
-
-def _splat(cols: np.ndarray, rows: np.ndarray, w: np.ndarray | None, size: int) -> np.ndarray:
-    """Bilinear splat of ``(b, n)`` sample positions (all in ``[0, size - 1)``) with sample
-    weights ``w (n,)`` (None: all 1) into ``(b, size * size)`` float64.
+def _splat(cols: np.ndarray, rows: np.ndarray, w: np.ndarray | None, size: int, offset: int = 0) -> np.ndarray:
+    """Bilinear splat of ``(b, n)`` sample positions (all in ``[offset, offset + size - 1)``)
+    with sample weights ``w (n,)`` (None: all 1) into ``(b, size * size)`` float64; pixel
+    ``(offset, offset)`` of the positions' frame is pixel ``(0, 0)`` of the kernels.
 
     One ``np.bincount`` per corner over the upper-left pixels, each shifted onto its corner
     (right: +1, down: +size in the flattened kernels; never across a kernel's edge).
@@ -313,6 +380,9 @@ def _splat(cols: np.ndarray, rows: np.ndarray, w: np.ndarray | None, size: int) 
     b, n = cols.shape
     c0, r0 = np.floor(cols), np.floor(rows)
     fc, fr = cols - c0, rows - r0
+    if offset:  # integers, exact in float64; the fractions above are unchanged
+        c0 -= offset
+        r0 -= offset
     r0 *= size
     r0 += c0
     r0 += (np.arange(b) * float(size * size))[:, None]  # integers, exact in float64
@@ -352,8 +422,9 @@ def render_kernel(row: dict) -> np.ndarray:
     """Re-render one kernel exactly from its bank row (or any dict with the same keys).
 
     Needs ``seed, resamples, size, exposure, num_steps`` and the trajectory parameters
-    (``length, centripetal, gaussian_term, freq_big_shakes, angle, anxiety``); the rejected
-    attempts are redrawn and skipped so the generator reaches the accepted walk.
+    (``length, centripetal, gaussian_term, freq_big_shakes, angle, anxiety``), and
+    ``working_size`` when it differs from ``size`` (banks written before it existed did not);
+    the rejected attempts are redrawn and skipped so the generator reaches the accepted walk.
 
     Returns:
         ``(size, size)`` float32, equal to the bank's stored kernel.
@@ -361,18 +432,78 @@ def render_kernel(row: dict) -> np.ndarray:
     missing = [k for k in ("seed", "resamples", "size", "exposure", "num_steps", *TRAJECTORY_PARAMS) if k not in row]
     if missing:
         raise KeyError(f"render_kernel: row lacks {missing}; pass a row of a kernel bank")
+    size = int(row["size"])
+    working_size = int(row.get("working_size") or size)
     rng = np.random.default_rng(int(row["seed"]))
     for attempt in range(int(row["resamples"]) + 1):  # replay the draws; the values come from the row
         _, normals, uniforms = _draw_attempt(rng, attempt, (0.0, 1.0), int(row["num_steps"]), {})
     params = {k: float(row[k]) for k in TRAJECTORY_PARAMS}
     positions, _ = trajectories(params, normals[None], uniforms[None])
-    kernels, _, fits = psf_from_trajectory(positions, int(row["size"]), float(row["exposure"]))
-    if not fits[0]:
+    # The stored size is at least the size of the window the PSF needs, so splatting with
+    # ``size`` as the smallest size gives the stored layout whether or not the kernel was larger.
+    kernels, _, fits = splat_psfs(positions, size, working_size, float(row["exposure"]))
+    if not fits[0] or kernels[0].shape != (size, size):
         raise ValueError(
-            f"kernel {row.get('kernel_id', '?')}: its trajectory does not fit a {row['size']}x{row['size']} "
-            "window; the row is not from a kernel bank or was edited"
+            f"kernel {row.get('kernel_id', '?')}: its trajectory does not fit a {size}x{size} kernel in a "
+            f"{working_size}x{working_size} working window; the row is not from a kernel bank or was edited"
         )
     return kernels[0].astype(np.float32)
+
+
+def border_reach(kernel: np.ndarray) -> dict:
+    """How far a convolution with ``kernel`` reads past each side of the image, in pixels.
+
+    With ``blur(y, x) = sum_{i,j} image[y - i + kh // 2, x - j + kw // 2] * kernel[i, j]`` (the
+    convention of :func:`blurforge.blur.convolve`), output row ``y`` reads image rows
+    ``y - (i1 - kh // 2) .. y + (kh // 2 - i0)``, where ``i0 .. i1`` are the kernel's rows with
+    non-zero taps. So the first ``top = i1 - kh // 2`` and the last ``bottom = kh // 2 - i0``
+    output rows read outside the image (likewise ``left``/``right`` with the columns); the
+    output is the full convolution of real content only once those are cropped. Returns
+    ``{"top", "left", "bottom", "right"}`` (ints >= 0; all 0 for an all-zero kernel).
+    """
+    k = np.asarray(kernel)
+    if k.ndim != 2:
+        raise ValueError(f"kernel must be 2-D, got shape {k.shape}")
+    rows, cols = np.flatnonzero(k.any(axis=1)), np.flatnonzero(k.any(axis=0))
+    if rows.size == 0:
+        return {"top": 0, "left": 0, "bottom": 0, "right": 0}
+    cy, cx = k.shape[0] // 2, k.shape[1] // 2
+    return {"top": max(0, int(rows[-1]) - cy), "left": max(0, int(cols[-1]) - cx),
+            "bottom": max(0, cy - int(rows[0])), "right": max(0, cx - int(cols[0]))}
+
+
+def kernel_shape_stats(kernels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shape of each kernel: ``extent_width``, ``extent_height`` (px: the bounding box of its
+    non-zero taps) and ``radius_of_gyration`` (px: ``sqrt(sum k |p - c|^2 / sum k)`` about the
+    kernel's own centroid ``c``).
+
+    ``kernels``: ``(b, s, s)`` non-negative (any dtype; computed in float64 kernel by kernel,
+    so a kernel's values do not depend on the rest of the batch). Returns three ``(b,)`` arrays
+    (int32, int32, float64); an all-zero kernel gets 0, 0 and NaN.
+    """
+    kernels = np.asarray(kernels)
+    if kernels.ndim != 3:
+        raise ValueError(f"kernels must be (b, s, s); got shape {kernels.shape}")
+    b, sh, sw = kernels.shape
+    width, height, rg = np.zeros(b, np.int32), np.zeros(b, np.int32), np.full(b, np.nan)
+    ys, xs = np.arange(sh, dtype=np.float64), np.arange(sw, dtype=np.float64)
+    for start in range(0, b, 256):  # marginals of a few hundred kernels at a time
+        block = kernels[start : start + 256]
+        by_row = block.sum(axis=2, dtype=np.float64)  # (n, sh): mass of each row
+        by_col = block.sum(axis=1, dtype=np.float64)
+        # a row (column) has a non-zero tap iff its mass is positive: the taps are >= 0
+        for marginal, extent in ((by_row, height), (by_col, width)):
+            hit = marginal > 0
+            first = np.argmax(hit, axis=1)
+            last = marginal.shape[1] - 1 - np.argmax(hit[:, ::-1], axis=1)
+            extent[start : start + len(block)] = np.where(hit.any(axis=1), last - first + 1, 0)
+        mass = by_row.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cy = (by_row * ys).sum(axis=1) / mass
+            cx = (by_col * xs).sum(axis=1) / mass
+            spread = ((by_row * (ys - cy[:, None]) ** 2).sum(axis=1) + (by_col * (xs - cx[:, None]) ** 2).sum(axis=1))
+            rg[start : start + len(block)] = np.sqrt(spread / mass)
+    return width, height, rg
 
 
 # --------------------------------------------------------------------------- the bank
@@ -393,6 +524,7 @@ class _Chunk:
     overrides: tuple  # ((name, value), ...)
     max_attempts: int
     batch_size: int
+    working_size: int  # trajectories must fit this window; kernels larger than size keep their own size
     kernels_file: str | None = None  # write the kernels into this file (all kernels, float32) instead
 
 
@@ -404,7 +536,8 @@ def _render_chunk(chunk: _Chunk) -> pa.RecordBatch:
     its next attempt in the next batch, beside fresh kernels; once no fresh kernel is left, the
     remaining ones get several attempts per batch. A kernel's attempts are always consecutive
     draws of its own generator and the first that fits is kept, so the result equals retrying
-    each kernel alone, one attempt at a time.
+    each kernel alone, one attempt at a time. Kernels that need more than ``size x size`` (only
+    with ``working_size > size``) are kept apart and stored at their own size.
     """
     n, size = chunk.stop - chunk.start, chunk.size
     ids = [kernel_id(i) for i in range(chunk.start, chunk.stop)]
@@ -420,6 +553,7 @@ def _render_chunk(chunk: _Chunk) -> pa.RecordBatch:
         kernels = np.memmap(chunk.kernels_file, dtype=np.float32, mode="r+", offset=offset, shape=(n, size, size))
     params = {k: np.zeros(n) for k in TRAJECTORY_PARAMS}
     raw_sum = np.zeros(n)
+    larger: dict[int, np.ndarray] = {}  # kernel -> its float32 kernel, when larger than size x size
     n_shakes = np.zeros(n, dtype=np.int32)
     attempts = np.zeros(n, dtype=np.int32)  # attempts drawn so far; the accepted one is attempts - 1
 
@@ -455,14 +589,18 @@ def _render_chunk(chunk: _Chunk) -> pa.RecordBatch:
         batch["length"] = params["length"][[i for i, _ in rows]]
         used = len(rows)
         positions, shakes = trajectories(batch, normals[:used], uniforms[:used], out=walked[:used])
-        _, sums, fits = psf_from_trajectory(positions, size, chunk.exposure, out=rendered[:used])
+        sums, fits, big = _splat_psfs(positions, size, chunk.working_size, chunk.exposure, rendered[:used])
 
         # Keep each kernel's first attempt that fits; the others wait for the next batch.
         first_fit = np.minimum.reduceat(np.where(fits, np.arange(used), used), np.cumsum(plan_tries) - plan_tries)
         ok = first_fit < used
         done, accepted = plan_kernel[ok], first_fit[ok]
         for i, row in zip(done, accepted):  # row by row: a fancy-indexed copy would be a fresh ~30 MB temporary
-            kernels[i] = rendered[row]
+            if row in big:
+                larger[int(i)] = big[row].astype(np.float32)
+                kernels[i] = 0
+            else:
+                kernels[i] = rendered[row]
         for name in SHAPE_PARAMS:
             params[name][done] = batch[name][accepted]
         raw_sum[done], n_shakes[done] = sums[accepted], shakes[accepted]
@@ -472,18 +610,29 @@ def _render_chunk(chunk: _Chunk) -> pa.RecordBatch:
         for i in failed[attempts[failed] >= chunk.max_attempts][:1]:
             raise TrajectoryDoesNotFitError(
                 f"kernel {ids[i]} (seed {seeds[i]}): no trajectory of length {params['length'][i]:.1f} px fits a "
-                f"{size}x{size} window in {chunk.max_attempts} attempts (length range "
+                f"{chunk.working_size}x{chunk.working_size} window in {chunk.max_attempts} attempts (length range "
                 f"[{chunk.length_min:g}, {chunk.length_max:g}], exposure {chunk.exposure:g}"
                 f"{', overrides ' + str(overrides) if overrides else ''}); "
-                "use a larger --size or a smaller --length-max"
+                "use a larger --working-size (or --size) or a smaller --length-max"
             )
         retry = failed.tolist()
     if chunk.kernels_file is not None:
         kernels.flush()  # the parent reads them from the file; every other column goes back
+    sizes = np.full(n, size, dtype=np.int32)
+    width, height, rg = kernel_shape_stats(kernels)
+    for i, k in larger.items():
+        sizes[i] = k.shape[0]
+        (width[i],), (height[i],), (rg[i],) = kernel_shape_stats(k[None])
+    if chunk.kernels_file is not None:
+        column = None
+    elif larger:
+        column = _kernel_column([larger[i] if i in larger else kernels[i] for i in range(n)])
+    else:
+        column = _kernel_column(kernels)
     columns = {
         "kernel_id": pa.array(ids, pa.string()),
-        "size": pa.array(np.full(n, chunk.size, dtype=np.int32)),
-        "kernel": _kernel_column(kernels) if chunk.kernels_file is None else None,
+        "size": pa.array(sizes),
+        "kernel": column,
         "length": pa.array(params["length"]),
         "anxiety": pa.array(params["anxiety"]),
         "exposure": pa.array(np.full(n, chunk.exposure)),
@@ -496,6 +645,10 @@ def _render_chunk(chunk: _Chunk) -> pa.RecordBatch:
         "freq_big_shakes": pa.array(params["freq_big_shakes"]),
         "angle": pa.array(params["angle"]),
         "num_steps": pa.array(np.full(n, chunk.num_steps, dtype=np.int32)),
+        "working_size": pa.array(np.full(n, chunk.working_size, dtype=np.int32)),
+        "extent_width": pa.array(width),
+        "extent_height": pa.array(height),
+        "radius_of_gyration": pa.array(rg),
     }
     return pa.RecordBatch.from_pydict({k: v for k, v in columns.items() if v is not None})
 
@@ -505,11 +658,17 @@ def _as_bank_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([batch.column(f.name) for f in BANK_SCHEMA], schema=BANK_SCHEMA)
 
 
-def _kernel_column(kernels: np.ndarray) -> pa.Array:
-    """``(n, size, size)`` float32 as a ``list<float32>`` array (zero-copy over ``kernels``)."""
-    n, size, _ = kernels.shape
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * size**2)
-    return pa.ListArray.from_arrays(offsets, pa.array(kernels.reshape(-1)))
+def _kernel_column(kernels) -> pa.Array:
+    """``(n, size, size)`` float32 as a ``list<float32>`` array (zero-copy over ``kernels``), or
+    a sequence of square float32 kernels of any sizes (copied)."""
+    if isinstance(kernels, np.ndarray):
+        n, size, _ = kernels.shape
+        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * size**2)
+        return pa.ListArray.from_arrays(offsets, pa.array(kernels.reshape(-1)))
+    lengths = np.array([k.size for k in kernels], dtype=np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    values = np.concatenate([k.reshape(-1) for k in kernels]) if kernels else np.zeros(0, np.float32)
+    return pa.ListArray.from_arrays(offsets, pa.array(values.astype(np.float32, copy=False)))
 
 
 def _check_size(size: int) -> None:
@@ -534,6 +693,7 @@ def generate_bank(
     batch_size: int = 2048,
     backend: str = "local",
     ray_address: str | None = None,
+    working_size: int | None = None,
 ) -> pa.Table:
     """Generate ``count`` Boracchi–Foi kernels as a table with :data:`BANK_SCHEMA`.
 
@@ -541,6 +701,10 @@ def generate_bank(
         count: number of kernels; kernel ``i`` is ``kernel_id(i)``.
         seed: run seed; kernel ``i`` uses ``seed_for(seed, kernel_id(i))``.
         size: odd kernel size (the paper: 63).
+        working_size: odd window (``>= size``, default ``size``) a trajectory has to fit; one
+            that fits it but not ``size x size`` is kept and stored at the smallest odd size
+            that holds it (so long, straight walks are not rejected away). The stored kernel is
+            always the whole PSF: the one applied.
         length_min, length_max: trajectory length range in pixels (the paper: [1, 1000]).
         exposure: exposure ``T`` in (0, 1]; 1 integrates the whole trajectory.
         num_steps: samples per trajectory (``numT``, 2000 in the MATLAB code).
@@ -569,6 +733,10 @@ def generate_bank(
         if value < least:
             raise ValueError(f"{name} must be >= {least}; got {value}")
     _check_size(size)
+    working_size = size if working_size is None else working_size
+    _check_size(working_size)
+    if working_size < size:
+        raise ValueError(f"working_size ({working_size}) must be >= size ({size}): the window trajectories must fit")
     if not (math.isfinite(length_min) and math.isfinite(length_max) and 0 <= length_min <= length_max):
         raise ValueError(
             f"need 0 <= length_min <= length_max (pixels); got length_min={length_min}, length_max={length_max}"
@@ -583,17 +751,18 @@ def generate_bank(
         )
     if overrides.get("length", 0) < 0:
         raise ValueError(f"params_override: length must be >= 0; got {overrides['length']}")
-    most = min(_MAX_CHUNK, (2**31 - 1) // size**2)  # a record batch's list offsets are int32
+    most = min(_MAX_CHUNK, (2**31 - 1) // working_size**2)  # a record batch's list offsets are int32
     if chunk_size is None:  # the same number of units for every worker
         units_per_worker = max(1, math.ceil(count / workers / most))
         chunk_size = max(1, math.ceil(count / (workers * units_per_worker)))
-    elif chunk_size * size**2 > 2**31 - 1:
-        raise ValueError(f"chunk_size {chunk_size} is too large for {size}x{size} kernels; use at most {most}")
+    elif chunk_size * working_size**2 > 2**31 - 1:
+        raise ValueError(f"chunk_size {chunk_size} is too large for kernels up to {working_size}x{working_size}; "
+                         f"use at most {most}")
 
     chunks = [
         _Chunk(start, min(start + chunk_size, count), int(seed), int(size), float(length_min), float(length_max),
                float(exposure), int(num_steps), tuple(sorted((k, float(v)) for k, v in overrides.items())),
-               int(max_attempts), int(batch_size))
+               int(max_attempts), int(batch_size), int(working_size))
         for start in range(0, count, chunk_size)
     ]
     from tqdm import tqdm
@@ -631,9 +800,10 @@ def _render_in_processes(chunks: list[_Chunk], workers: int, bar) -> list[pa.Rec
     """Render the chunks in a process pool. The workers write the kernels into one shared,
     unlinked file that the returned batches map (no copy); sending ~16 kB per kernel back through
     pipes would keep the parent busier than a worker. Without room for that file, the kernels
-    come back through the pipes."""
+    come back through the pipes, as they do when kernels may be larger than ``size`` (their
+    total size is not known in advance)."""
     count, size = chunks[-1].stop, chunks[0].size
-    path = _scratch_file(count * size * size * 4)
+    path = _scratch_file(count * size * size * 4) if chunks[0].working_size == size else None
     if path is not None:
         chunks = [dataclasses.replace(c, kernels_file=path) for c in chunks]
     try:
@@ -701,9 +871,14 @@ class KernelBank:
     """A kernel bank in memory. Build it with :func:`read_bank` (or ``KernelBank(table)``).
 
     Attributes:
-        kernels: all kernels, ``(n, size, size)`` float32 (one array, so lookups are views).
-        table: every other column (``kernel`` is dropped so the values are held only once).
-        ids: the ``kernel_id`` of each row; ``size``: the kernel size; ``name``: for messages.
+        table: every column but ``kernel`` (so the values are held only once), with the
+            :data:`DERIVED_COLUMNS` computed here when the file predates them.
+        ids: the ``kernel_id`` of each row; ``name``: for messages.
+        sizes: ``(n,)`` each kernel's size; ``size``: the smallest (normally the bank's
+            ``--size``; kernels of long trajectories are larger when it was made with a larger
+            ``--working-size``).
+        kernels: all kernels as one ``(n, size, size)`` float32 array (lookups are views) when
+            they share one size; see :meth:`padded` otherwise.
     """
 
     REQUIRED = ("kernel_id", "size", "kernel")
@@ -717,51 +892,95 @@ class KernelBank:
         for column in self.REQUIRED:
             if table.column(column).null_count:
                 raise ValueError(f"{name}: column '{column}' has nulls — regenerate it with 'blurforge kernels'")
-        sizes = np.unique(table.column("size").to_numpy()) if len(table) else np.array([], dtype=np.int32)
-        if sizes.size > 1:
-            raise ValueError(f"{name}: kernels of several sizes {sizes.tolist()}; a bank holds one size")
         self.name = name
-        self.size = int(sizes[0]) if sizes.size else 0
+        self.sizes = table.column("size").to_numpy().astype(np.int64)
+        self.size = int(self.sizes.min()) if len(self.sizes) else 0
         self.ids: list[str] = table.column("kernel_id").to_pylist()
         self._index = {k: i for i, k in enumerate(self.ids)}
         if len(self._index) != len(self.ids):
             raise ValueError(f"{name}: duplicate kernel_id values; regenerate it with 'blurforge kernels'")
         lengths = pc.list_value_length(table.column("kernel")).to_numpy(zero_copy_only=False)
-        if np.any(lengths != self.size**2):
-            bad = int(np.flatnonzero(lengths != self.size**2)[0])
+        if np.any(lengths != self.sizes**2):
+            bad = int(np.flatnonzero(lengths != self.sizes**2)[0])
             raise ValueError(
-                f"{name}: kernel {self.ids[bad]} has {lengths[bad]} values, expected size^2 = {self.size**2}"
+                f"{name}: kernel {self.ids[bad]} has {lengths[bad]} values, expected size^2 = {self.sizes[bad] ** 2}"
             )
-        self.kernels = np.empty((len(table), self.size, self.size), dtype=np.float32)
-        flat = self.kernels.reshape(-1)
+        self._offsets = np.concatenate([[0], np.cumsum(self.sizes**2)])
+        self._values = np.empty(int(self._offsets[-1]), dtype=np.float32)
         at = 0
         for piece in table.column("kernel").chunks:
             values = piece.flatten().to_numpy(zero_copy_only=False)
-            flat[at : at + values.size] = values
+            self._values[at : at + values.size] = values
             at += values.size
-        self.table = table.drop_columns(["kernel"])
+        self._uniform = bool(np.all(self.sizes == self.size))
+        self.table = _with_derived_columns(table.drop_columns(["kernel"]), self)
+
+    @property
+    def kernels(self) -> np.ndarray:
+        """``(n, size, size)`` float32, a view of every kernel (banks of one kernel size only)."""
+        if not self._uniform:
+            raise ValueError(
+                f"{self.name}: kernels of several sizes ({self.size} to {int(self.sizes.max())}); "
+                "use kernel(id) / kernel_at(i), or padded() for one array"
+            )
+        return self._values.reshape(len(self), self.size, self.size)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __repr__(self) -> str:
-        return f"KernelBank({self.name!r}, {len(self)} kernels of {self.size}x{self.size})"
+        sizes = f"{self.size}x{self.size}" if self._uniform else f"{self.size}x{self.size} to {int(self.sizes.max())}"
+        return f"KernelBank({self.name!r}, {len(self)} kernels of {sizes})"
 
     def kernel(self, kernel_id: str) -> np.ndarray:
-        """The ``(size, size)`` float32 kernel with this id."""
+        """The ``(s, s)`` float32 kernel with this id."""
         try:
-            return self.kernels[self._index[kernel_id]]
+            return self.kernel_at(self._index[kernel_id])
         except KeyError:
             example = f" (ids look like {self.ids[0]!r})" if self.ids else ""
             raise KeyError(f"{self.name}: no kernel {kernel_id!r}{example}") from None
 
     def kernel_at(self, i: int) -> np.ndarray:
-        """The ``i``-th ``(size, size)`` float32 kernel."""
-        return self.kernels[i]
+        """The ``i``-th ``(s, s)`` float32 kernel (a view)."""
+        s = int(self.sizes[i])
+        return self._values[self._offsets[i] : self._offsets[i + 1]].reshape(s, s)
+
+    def padded(self, indices=None) -> np.ndarray:
+        """Kernels ``indices`` (default: all) as one ``(k, S, S)`` float32 array, each centred
+        in the largest ``S`` of them (zeros around the smaller ones; the centre pixel stays the
+        centre)."""
+        indices = range(len(self)) if indices is None else indices
+        picked = [self.kernel_at(int(i)) for i in indices]
+        side = max((k.shape[0] for k in picked), default=self.size)
+        out = np.zeros((len(picked), side, side), dtype=np.float32)
+        for j, k in enumerate(picked):
+            o = (side - k.shape[0]) // 2
+            out[j, o : o + k.shape[0], o : o + k.shape[0]] = k
+        return out
 
     def row(self, i: int) -> dict:
         """Row ``i`` without its kernel values: what :func:`render_kernel` needs."""
         return self.table.slice(i, 1).to_pylist()[0]
+
+
+def _with_derived_columns(table: pa.Table, bank: KernelBank) -> pa.Table:
+    """``table`` with any missing :data:`DERIVED_COLUMNS` computed from the bank's kernels
+    (``working_size`` of an older bank is its ``size``: trajectories had to fit the kernel)."""
+    missing = [c for c in DERIVED_COLUMNS if c not in table.column_names]
+    if not missing:
+        return table
+    n = len(bank)
+    width, height, rg = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n)
+    for size in np.unique(bank.sizes):
+        where = np.flatnonzero(bank.sizes == size)
+        stacked = np.stack([bank.kernel_at(int(i)) for i in where]) if not bank._uniform else bank.kernels
+        width[where], height[where], rg[where] = kernel_shape_stats(stacked)
+    derived = {"working_size": bank.sizes.astype(np.int32), "extent_width": width, "extent_height": height,
+               "radius_of_gyration": rg}
+    for column in missing:
+        field = BANK_SCHEMA.field(column)
+        table = table.append_column(field, pa.array(derived[column], field.type))
+    return table
 
 
 def read_bank(path: str | os.PathLike) -> KernelBank:
@@ -834,16 +1053,30 @@ def kernel_contact_sheet(kernels: np.ndarray, path: str | os.PathLike, columns: 
 
 
 def bank_summary(table: pa.Table) -> dict:
-    """Numbers for ``blurforge inspect``: count, size, lengths, resampling."""
+    """Numbers for ``blurforge kernels`` and ``inspect``: count, sizes, lengths, shapes, resampling.
+
+    ``extent`` is a kernel's larger bounding-box side (px), ``rg`` its radius of gyration (px);
+    ``*_q`` are the 5/25/50/75/95 % quantiles. Banks without the shape columns get them
+    computed (see :class:`KernelBank`).
+    """
     n = len(table)
     if n == 0:
         return {"count": 0}
+    if any(c not in table.column_names for c in DERIVED_COLUMNS) and "kernel" in table.column_names:
+        table = KernelBank(table).table
     length = table.column("length").to_numpy()
     resamples = table.column("resamples").to_numpy()
+    sizes = table.column("size").to_numpy()
+    extent = np.maximum(table.column("extent_width").to_numpy(), table.column("extent_height").to_numpy())
+    rg = table.column("radius_of_gyration").to_numpy()
     total = int(resamples.sum())
+    quantiles = (5, 25, 50, 75, 95)
     return {
         "count": n,
-        "size": int(table.column("size")[0].as_py()),
+        "size": int(sizes.min()),
+        "size_max": int(sizes.max()),
+        "larger_than_size": int((sizes > sizes.min()).sum()),  # long trajectories kept at their own size
+        "working_size": int(table.column("working_size")[0].as_py()),
         "num_steps": int(table.column("num_steps")[0].as_py()),
         "exposure": float(table.column("exposure")[0].as_py()),
         "length_min": float(length.min()),
@@ -851,7 +1084,35 @@ def bank_summary(table: pa.Table) -> dict:
         "length_max": float(length.max()),
         "anxiety_mean": float(table.column("anxiety").to_numpy().mean()),
         "n_shakes_mean": float(table.column("n_shakes").to_numpy().mean()),
+        "extent_q": [float(v) for v in np.percentile(extent, quantiles)],
+        "rg_q": [round(float(v), 3) for v in np.percentile(rg, quantiles)],
         "total_resamples": total,
         "kernels_resampled": int((resamples > 0).sum()),
         "rejection_rate": total / (total + n),  # rejected attempts / all attempts
     }
+
+
+def rejection_by_length(table: pa.Table, bins: int = 10) -> list[dict]:
+    """Rejection rate (rejected attempts / all attempts) and median shape per band of trajectory
+    length: ``bins`` equal bands over the bank's length range. A kernel's length is drawn once,
+    so its rejected attempts all belong to its band."""
+    if len(table) == 0:
+        return []
+    if any(c not in table.column_names for c in DERIVED_COLUMNS) and "kernel" in table.column_names:
+        table = KernelBank(table).table
+    length = table.column("length").to_numpy()
+    resamples = table.column("resamples").to_numpy()
+    extent = np.maximum(table.column("extent_width").to_numpy(), table.column("extent_height").to_numpy())
+    rg = table.column("radius_of_gyration").to_numpy()
+    edges = np.linspace(length.min(), length.max(), bins + 1)
+    band = np.clip(np.searchsorted(edges, length, side="right") - 1, 0, bins - 1)
+    out = []
+    for b in range(bins):
+        m = band == b
+        if not m.any():
+            continue
+        rejected = int(resamples[m].sum())
+        out.append({"length_lo": float(edges[b]), "length_hi": float(edges[b + 1]), "count": int(m.sum()),
+                    "rejection_rate": rejected / (rejected + int(m.sum())),
+                    "extent_median": float(np.median(extent[m])), "rg_median": float(np.median(rg[m]))})
+    return out

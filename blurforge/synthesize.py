@@ -8,9 +8,16 @@ Per sample (key ``PREFIX/REL_PATH/J``):
    (``rerender``), whichever worker drew it and in whatever order.
 2. The sharp image is decoded (orientation, alpha, grey and bit depth normalised as
    ``blurforge.imageio.read_image`` documents) and stored losslessly as PNG at its own bit depth,
-   so the stored sharp image is exactly the one that was blurred.
+   so the stored sharp image is exactly the one that was blurred (cropped like the blurry one, see 4).
 3. The blurry image is rendered in linear light (``blurforge.blur.render_uniform``) and stored as
    PNG (or JPEG when ``--jpeg-quality`` is given).
+4. Borders (``--borders valid``, the default): a pixel within a kernel's reach of the edge
+   would blur reflected, not real, content, so the blurry image is rendered from the whole
+   source image and both images are cropped by the reach of the kernels applied
+   (``border_crop``); ``params`` records ``borders`` and the ``crop`` in source pixels, and
+   ``width``/``height`` are the cropped size. ``--borders reflect`` keeps the full image with
+   reflected borders (``crop`` all 0). Everything else in ``params`` (e.g. object masks) is in
+   source pixels.
 
 ``--mode nonuniform`` (``source = "nonuniform"``): the sharp image is segmented once per image
 (``blurforge.segment``; the masks do not depend on the seed), each object gets its own kernel and
@@ -42,6 +49,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _BANKS: dict[str, object] = {}  # per-process cache: kernel bank path -> KernelBank
 _SEGMENTERS: dict[str, object] = {}  # per-process cache: segmenter settings -> Segmenter (SAM 2 loads once)
 MODES = ("uniform", "nonuniform")
+BORDERS = ("valid", "reflect")  # crop every pair to what saw real content, or keep the reflected band
 
 
 def _bank(path: str):
@@ -142,7 +150,7 @@ def synthesize_worker(task: ShardTask) -> dict:
 
             seed = seed_for(cfg["seed"], key)
             if nonuniform:
-                from blurforge.nonuniform import render_from_params, sample_nonuniform_params
+                from blurforge.nonuniform import sample_nonuniform_params
 
                 stage = "segment"
                 t = time.perf_counter()
@@ -156,13 +164,17 @@ def synthesize_worker(task: ShardTask) -> dict:
                 params = sample_nonuniform_params(np.random.default_rng([seed, 0]), bank, segmented[rel], cfg)
                 params["segmenter"] = segmenter.describe(h, w)
                 params.update(input=rel, bit_depth=info["bit_depth"], conversions=info["conversions"])
-                blurry = render_from_params(sharp, bank, params, seed)
             else:
                 stage = "render"
                 t = time.perf_counter()
                 params = sample_uniform_params(np.random.default_rng([seed, 0]), bank, cfg)
                 params.update(input=rel, bit_depth=info["bit_depth"], conversions=info["conversions"])
-                blurry = render_blurry(sharp, bank.kernel(params["kernel_id"]), params, seed)
+            stage = "crop"
+            borders = cfg.get("borders", "valid")
+            params.update(borders=borders, crop=border_crop(params, bank, borders))
+            check_crop(src, h, w, params["crop"])
+            stage = "render"
+            blurry, sharp_pair = render_pair(sharp, bank, params, seed, "nonuniform" if nonuniform else "uniform")
             timing["blur_s"] += time.perf_counter() - t
 
             stage = "encode"
@@ -170,7 +182,7 @@ def synthesize_worker(task: ShardTask) -> dict:
             jpeg = params["realism"].get("jpeg_quality")
             blur_bytes = encode_image(blurry, bit_depth=8 if jpeg else info["bit_depth"], fmt="jpg" if jpeg else "png",
                                       jpeg_quality=jpeg)
-            sharp_bytes = encode_image(sharp, bit_depth=info["bit_depth"], fmt="png")
+            sharp_bytes = encode_image(sharp_pair, bit_depth=info["bit_depth"], fmt="png")
             name = sample_name(key)
             blur_rel = f"blur/{task.shard}/{name}.{'jpg' if jpeg else 'png'}"
             sharp_rel = f"sharp/{task.shard}/{name}.png"
@@ -185,8 +197,8 @@ def synthesize_worker(task: ShardTask) -> dict:
                     "sharp_path": sharp_rel,
                     "split": "train",
                     "source": "nonuniform" if nonuniform else "uniform",
-                    "width": w,
-                    "height": h,
+                    "width": blurry.shape[1],
+                    "height": blurry.shape[0],
                     "seed": seed,
                     "params": json.dumps(params, sort_keys=True),
                     "blur_sha256": sha256_bytes(blur_bytes),
@@ -201,18 +213,113 @@ def synthesize_worker(task: ShardTask) -> dict:
     return finish_shard(task, rows, errors, {k: round(v, 4) for k, v in timing.items()})
 
 
-def rerender(row: dict, bank, root: Path) -> np.ndarray:
+def kernel_ids(params: dict) -> list[str]:
+    """Every ``kernel_id`` in a row's params (the background's, each object's, ...), once each,
+    in the order found."""
+    found: list[str] = []
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == "kernel_id" and isinstance(v, str):
+                    found.append(v)
+                else:
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(params)
+    return list(dict.fromkeys(found))
+
+
+def border_crop(params: dict, bank, borders: str) -> dict:
+    """The crop of a pair, in source pixels: ``{"top", "left", "bottom", "right"}``.
+
+    ``borders="valid"``: per side, the largest reach (:func:`blurforge.kernels.border_reach`)
+    of every kernel the row applies, so every pixel left saw only real image content; the
+    actual support of the drawn kernels, not the bank's ``size // 2``, so a short blur costs
+    only a few pixels. ``"reflect"``: nothing is cropped (the full image, with reflected
+    borders in a band as wide as the kernel's reach).
+    """
+    from blurforge.kernels import border_reach
+
+    if borders not in BORDERS:
+        raise ValueError(f"borders must be one of {', '.join(BORDERS)}, got {borders!r}")
+    crop = {"top": 0, "left": 0, "bottom": 0, "right": 0}
+    if borders == "valid":
+        for kid in kernel_ids(params):
+            reach = border_reach(bank.kernel(kid))
+            crop = {side: max(crop[side], reach[side]) for side in crop}
+    return crop
+
+
+def check_crop(src, h: int, w: int, crop: dict) -> None:
+    """Refuse (as a bad input) an image that nothing is left of once cropped."""
+    from blurforge.imageio import ImageReadError
+
+    ch, cw = h - crop["top"] - crop["bottom"], w - crop["left"] - crop["right"]
+    if ch < 1 or cw < 1:
+        raise ImageReadError(
+            f"{src}: image {w}x{h} leaves {max(cw, 0)}x{max(ch, 0)} pixels once the kernels' reach is cropped "
+            f"(top {crop['top']}, left {crop['left']}, bottom {crop['bottom']}, right {crop['right']}) — use larger "
+            "images, a kernel bank with a smaller --size / --working-size, or --borders reflect"
+        )
+
+
+def crop_image(image: np.ndarray, crop: dict | None) -> np.ndarray:
+    """``image[top : H - bottom, left : W - right]`` (a view); ``crop=None`` keeps it whole."""
+    if not crop:
+        return image
+    h, w = image.shape[:2]
+    return image[crop["top"] : h - crop["bottom"], crop["left"] : w - crop["right"]]
+
+
+def render_pair(sharp_srgb: np.ndarray, bank, params: dict, seed: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """A row's ``(blurry, sharp)`` sRGB pair: the blurry image rendered from the whole source
+    image, then both cropped by ``params["crop"]`` (absent in rows made before borders were
+    recorded: nothing is cropped)."""
+    if source == "nonuniform":
+        from blurforge.nonuniform import render_from_params
+
+        blurry = render_from_params(sharp_srgb, bank, params, seed)
+    else:
+        blurry = render_blurry(sharp_srgb, bank.kernel(params["kernel_id"]), params, seed)
+    return crop_image(blurry, params.get("crop")), crop_image(sharp_srgb, params.get("crop"))
+
+
+def rerender(row: dict, bank, root: Path, sharp_root: str | Path | None = None) -> np.ndarray:
     """Re-render a uniform or nonuniform row's blurry image (sRGB float32) from its seed, params
-    and stored sharp image (nonuniform rows carry their masks: no segmenter is run)."""
+    and sharp image (nonuniform rows carry their masks: no segmenter is run).
+
+    A row cropped to its valid region was blurred from the whole source image, so that image is
+    read again: ``sharp_root / params["input"]``, ``sharp_root`` defaulting to the ``--sharp``
+    recorded in ``root/run.json`` (a synthesize output directory); it must crop to the stored
+    sharp image exactly. Other rows are re-rendered from the stored sharp image alone.
+    """
     from blurforge.imageio import read_image
 
     params = json.loads(row["params"])
-    sharp, _ = read_image(Path(root) / row["sharp_path"])
-    if row.get("source") == "nonuniform":
-        from blurforge.nonuniform import render_from_params
-
-        return render_from_params(sharp, bank, params, int(row["seed"]))
-    return render_blurry(sharp, bank.kernel(params["kernel_id"]), params, int(row["seed"]))
+    stored, _ = read_image(Path(root) / row["sharp_path"])
+    crop = params.get("crop")
+    source = stored
+    if crop and any(crop.values()):
+        if sharp_root is None:
+            run = Path(root) / "run.json"
+            if not run.is_file():
+                raise FileNotFoundError(
+                    f"{row['key']}: the pair was cropped from a larger source image; pass sharp_root=the "
+                    f"--sharp directory it was made from (no {run} to read it from)"
+                )
+            sharp_root = json.loads(run.read_text())["sharp"]
+        path = Path(sharp_root) / params["input"]
+        source, _ = read_image(path)
+        if not np.array_equal(crop_image(source, crop), stored):
+            raise ValueError(
+                f"{path}: cropped by {crop} it is not the stored sharp image of {row['key']} — pass the --sharp "
+                "directory the pair was made from, unchanged"
+            )
+    return render_pair(source, bank, params, int(row["seed"]), row.get("source", "uniform"))[0]
 
 
 def run_synthesize(
@@ -238,6 +345,7 @@ def run_synthesize(
     device: str = "cpu",
     max_objects: int = 6,
     noise_preset: str = "realblur",
+    borders: str = "valid",
 ) -> RunSummary:
     """Plan, run (resuming finished shards) and summarise a synthesize job.
 
@@ -246,9 +354,13 @@ def run_synthesize(
     ``max_objects`` objects per image their own kernels; these settings are ignored in uniform mode.
     ``noise="rsblur"`` adds RSBlur's camera-pipeline noise with ``noise_preset`` (``realblur`` or
     ``rsblur``, see ``blurforge.camera``).
+    ``borders="valid"`` crops every pair by the reach of its kernels (:func:`border_crop`);
+    ``"reflect"`` keeps the full image with reflected borders.
     """
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if borders not in BORDERS:
+        raise ValueError(f"--borders must be one of {', '.join(BORDERS)}, got {borders!r}")
     sharp, kernels, out = Path(sharp), Path(kernels), Location(out)
     if not sharp.is_dir():
         raise FileNotFoundError(f"--sharp {sharp}: not a directory of sharp images")
@@ -274,6 +386,7 @@ def run_synthesize(
         "pairs_per_image": pairs_per_image,
         "shard_size": shard_size,
         "key_prefix": key_prefix or mode,
+        "borders": borders,
     }
     if noise != "none":  # only with noise, so runs without it keep their run.json
         config["noise_preset"] = noise_preset

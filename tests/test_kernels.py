@@ -321,3 +321,174 @@ def test_contact_sheet_shows_each_kernel_white_on_black(tmp_path):
         assert np.median(tile) == 0  # on black
     with pytest.raises(ValueError, match=r"\(n, s, s\)"):
         kernel_contact_sheet(np.zeros((15, 15)), tmp_path / "bad.png")
+
+
+# --------------------------------------------------------------------------- shape records
+
+
+def test_shape_stats_match_scikit_image_on_off_centre_kernels():
+    """Extent = bounding box of the non-zero taps; radius of gyration about the kernel's own
+    centroid (trace of scikit-image's inertia tensor), on kernels whose mass is far from the
+    centre pixel, so the wrong centre would show."""
+    from skimage.measure import inertia_tensor, regionprops
+
+    from blurforge.kernels import kernel_shape_stats
+
+    rng = np.random.default_rng(0)
+    kernels = np.zeros((12, 21, 21), np.float32)
+    for k in kernels:
+        r0, c0 = rng.integers(0, 12, 2)
+        h, w = rng.integers(1, 9, 2)
+        k[r0 : r0 + h, c0 : c0 + w] = rng.random((h, w)) * (rng.random((h, w)) < 0.6)
+        k[r0, c0] = k[r0 + h - 1, c0 + w - 1] = 0.5  # the box's corners are taps
+        k /= k.sum()
+    width, height, rg = kernel_shape_stats(kernels)
+    for i, k in enumerate(kernels):
+        (props,) = regionprops((k > 0).astype(np.uint8))
+        r0, c0, r1, c1 = props.bbox
+        assert (width[i], height[i]) == (c1 - c0, r1 - r0)
+        assert rg[i] == pytest.approx(math.sqrt(np.trace(inertia_tensor(k.astype(np.float64)))), rel=1e-9)
+    assert np.isnan(kernel_shape_stats(np.zeros((1, 5, 5)))[2][0])
+
+
+@pytest.mark.parametrize("size,length_min,length_max", [GRID[2], GRID[3]])
+def test_bank_records_each_kernels_extent_and_radius_of_gyration(size, length_min, length_max):
+    from skimage.measure import inertia_tensor
+
+    table = _bank(size, length_min, length_max, 0)
+    kernels = _kernels(table)
+    for i, k in enumerate(kernels):
+        rows, cols = np.flatnonzero(k.any(axis=1)), np.flatnonzero(k.any(axis=0))
+        assert table.column("extent_width")[i].as_py() == cols[-1] - cols[0] + 1
+        assert table.column("extent_height")[i].as_py() == rows[-1] - rows[0] + 1
+        expected = math.sqrt(np.trace(inertia_tensor(k.astype(np.float64))))
+        assert table.column("radius_of_gyration")[i].as_py() == pytest.approx(expected, rel=1e-9)
+    assert table.column("working_size").to_pylist() == [size] * COUNT
+
+
+@pytest.mark.parametrize("length", [12.0, 30.0])
+def test_a_straight_line_has_the_extent_and_radius_of_gyration_of_a_segment(length):
+    """2000 equally spaced samples over a segment of length L have variance
+    ``L^2 (n + 1) / (12 (n - 1))``; the bilinear splat adds ``f (1 - f) <= 1/4`` per axis. The
+    bounding box of a segment projected to ``L |cos a|`` spans that many pixels plus 1 to 3."""
+    table = generate_bank(
+        8, 11, size=63, length_min=length, length_max=length, params_override={"anxiety": 0.0}, progress=False
+    )
+    _check_segment_shapes(table)
+
+
+def _check_segment_shapes(table: pa.Table) -> None:
+    n = table.column("num_steps")[0].as_py()
+    length = table.column("length").to_numpy()
+    rg2 = table.column("radius_of_gyration").to_numpy() ** 2
+    segment = length**2 * (n + 1) / (12 * (n - 1))
+    assert np.all((rg2 >= segment - 1e-9) & (rg2 <= segment + 0.5))
+    angle = np.radians(table.column("angle").to_numpy())
+    for name, projection in (("extent_width", np.abs(np.cos(angle))), ("extent_height", np.abs(np.sin(angle)))):
+        extent, span = table.column(name).to_numpy(), length * projection
+        assert np.all((extent >= span) & (extent <= span + 3)), name
+
+
+def test_a_bank_written_before_the_shape_columns_still_reads(tmp_path):
+    """Older banks lack working_size and the shape columns: read_bank computes them."""
+    table = _bank(31, 1.0, 300.0, 0)
+    old = table.drop_columns(["working_size", "extent_width", "extent_height", "radius_of_gyration"])
+    path = tmp_path / "old.parquet"
+    pq.write_table(old.replace_schema_metadata({"blurforge.kind": "kernels", "blurforge.schema_version": "1"}), path)
+    bank = read_bank(path)
+    assert bank.table.equals(table.drop_columns(["kernel"]))
+    assert np.array_equal(render_kernel(bank.row(5)), bank.kernel_at(5))
+    assert bank_summary(old) == bank_summary(table)
+
+
+def test_bank_summary_and_rejection_by_length_add_up():
+    from blurforge.kernels import rejection_by_length
+
+    table = _bank(63, 1.0, 1000.0, 0)
+    summary = bank_summary(table)
+    extent = np.maximum(table.column("extent_width").to_numpy(), table.column("extent_height").to_numpy())
+    assert summary["extent_q"][2] == np.median(extent)
+    assert summary["size"] == summary["size_max"] == 63 and summary["larger_than_size"] == 0
+    bands = rejection_by_length(table, bins=4)
+    assert sum(b["count"] for b in bands) == COUNT
+    rejected = sum(b["rejection_rate"] * b["count"] / (1 - b["rejection_rate"]) for b in bands)
+    assert rejected == pytest.approx(summary["total_resamples"])
+    assert bands[0]["length_lo"] == table.column("length").to_numpy().min()
+
+
+# --------------------------------------------------------------------------- working size
+
+
+def test_a_working_window_keeps_long_straight_blurs_at_their_own_size():
+    """Without it they can never fit (see the test above); with it, no attempt is rejected and
+    each kernel is the whole line, stored in the smallest odd window that holds it."""
+    table = generate_bank(6, 0, size=15, working_size=201, length_min=60, length_max=90,
+                          params_override={"anxiety": 0.0}, progress=False)
+    assert table.column("resamples").to_numpy().sum() == 0
+    bank = KernelBank(table)
+    assert bank.size > 15 and np.all(bank.sizes % 2 == 1)
+    with pytest.raises(ValueError, match="several sizes"):
+        bank.kernels
+    for i in range(len(bank)):
+        k = bank.kernel_at(i).astype(np.float64)
+        s = k.shape[0]
+        assert k.sum() == pytest.approx(1, abs=1e-5) and k.min() >= 0
+        rows, cols = np.flatnonzero(k.any(axis=1)), np.flatnonzero(k.any(axis=0))
+        # the smallest odd window: the support touches (or is one pixel from) an edge
+        assert min(rows[0], cols[0], s - 1 - rows[-1], s - 1 - cols[-1]) <= 1
+        r, c = np.mgrid[:s, :s]
+        assert (k * r).sum() == pytest.approx((s - 1) / 2, abs=1e-3)  # centroid on the centre pixel
+        assert (k * c).sum() == pytest.approx((s - 1) / 2, abs=1e-3)
+        assert np.array_equal(render_kernel(bank.row(i)), bank.kernel_at(i))
+    _check_segment_shapes(table)
+    padded = bank.padded([0, 1])
+    assert padded.shape[1] == max(bank.sizes[:2]) and padded.sum() == pytest.approx(2, abs=1e-5)
+
+
+def test_a_working_window_splat_matches_the_scalar_transcription():
+    """Kernels larger and smaller than ``size`` equal the MATLAB transcription splatted in the
+    whole working window, cropped about its centre."""
+    from blurforge.kernels import splat_psfs
+
+    rng = np.random.default_rng(5)
+    batch = []
+    for length in (8.0, 30.0, 70.0, 120.0):
+        params = sample_trajectory_params(rng, length, length)
+        batch.append((params, *sample_walk_draws(rng, 300)))
+    stacked = {k: np.array([p[k] for p, _, _ in batch]) for k in batch[0][0]}
+    positions, _ = trajectories(stacked, np.stack([b[1] for b in batch]), np.stack([b[2] for b in batch]))
+    kernels, raw_sum, fits = splat_psfs(positions, 15, 151, exposure=0.8)
+    assert fits.all() and {k.shape[0] for k in kernels} > {15}
+    for (params, normals, uniforms), k in zip(batch, kernels):
+        expected, expected_sum = _reference_kernel(params, normals, uniforms, 151, exposure=0.8)
+        o = (151 - k.shape[0]) // 2
+        np.testing.assert_allclose(k, expected[o : o + k.shape[0], o : o + k.shape[0]], atol=1e-9)
+        assert expected[o : o + k.shape[0], o : o + k.shape[0]].sum() == pytest.approx(1, rel=1e-12)  # all of it
+
+
+def test_a_working_window_lowers_rejection_and_keeps_the_bank_deterministic():
+    fixed = _bank(15, 40.0, 120.0, 0)
+    wide = generate_bank(COUNT, 0, size=15, working_size=63, length_min=40, length_max=120, progress=False)
+    assert bank_summary(wide)["rejection_rate"] < bank_summary(fixed)["rejection_rate"]
+    assert bank_summary(wide)["larger_than_size"] > 0
+    again = generate_bank(COUNT, 0, size=15, working_size=63, length_min=40, length_max=120, workers=2,
+                          chunk_size=5, batch_size=3, progress=False)
+    assert again.equals(wide)
+    bank = KernelBank(wide)
+    for i in range(len(bank)):
+        assert np.array_equal(render_kernel(bank.row(i)), bank.kernel_at(i)), bank.ids[i]
+    # the working window is the whole PSF's limit: it must hold the kernel size
+    with pytest.raises(ValueError, match="working_size"):
+        generate_bank(2, 0, size=15, working_size=13, progress=False)
+
+
+def test_kernels_cli_with_a_working_size_reports_shapes_and_previews(tmp_path, capsys):
+    from blurforge.cli import main
+
+    out = tmp_path / "k.parquet"
+    assert main(["kernels", "--count", "20", "--size", "15", "--working-size", "101", "--length-min", "40",
+                 "--length-max", "120", "--out", str(out), "--preview", str(tmp_path / "k.png"), "--quiet"]) == 0
+    line = capsys.readouterr().out
+    assert "larger, up to" in line and "median extent" in line and "radius of gyration" in line
+    assert cv2.imread(str(tmp_path / "k.png")) is not None
+    assert read_bank(out).table.column("working_size").to_pylist() == [101] * 20

@@ -443,8 +443,10 @@ def test_nonuniform_rows_record_objects_and_rerender_exactly(photos_dir, small_b
         assert [o["area"] for o in objects] == sorted((o["area"] for o in objects), reverse=True)
         for o in objects:
             assert o["kernel_id"] in bank.ids and o["kernel_length"] > 0
-            mask = rle_decode(o["mask"])
-            assert mask.shape == (row["height"], row["width"]) and int(mask.sum()) == o["area"]
+            mask = rle_decode(o["mask"])  # in source pixels: the pair is cropped by p["crop"]
+            c = p["crop"]
+            source_hw = (row["height"] + c["top"] + c["bottom"], row["width"] + c["left"] + c["right"])
+            assert mask.shape == source_hw == (64, 96) and int(mask.sum()) == o["area"]
         blurry = rerender(row, bank, out)
         assert sha256_bytes(encode_image(blurry, bit_depth=p["bit_depth"], fmt="png")) == row["blur_sha256"]
         sharp, _ = read_image(out / row["sharp_path"])
@@ -469,6 +471,7 @@ def test_nonuniform_same_output_for_any_worker_count(photos_dir, small_bank, tmp
 def test_zero_objects_is_the_uniform_blur(photos_dir, small_bank, tmp_path):
     """--max-objects 0: the background kernel alone, i.e. exactly a uniform pair."""
     from blurforge.imageio import read_image
+    from blurforge.synthesize import crop_image
 
     out = tmp_path / "out"
     run(photos_dir, small_bank, out, max_objects=0)
@@ -476,8 +479,9 @@ def test_zero_objects_is_the_uniform_blur(photos_dir, small_bank, tmp_path):
     for row in rows_of(out).values():
         p = json.loads(row["params"])
         assert p["objects"] == []
-        sharp, _ = read_image(out / row["sharp_path"])
+        sharp, _ = read_image(photos_dir / p["input"])  # the source; the pair is cropped by p["crop"]
         uni = render_uniform(sharp, bank.kernel(p["kernel_id"]), p["realism"], np.random.default_rng([row["seed"], 1]))
+        uni = crop_image(uni, p["crop"])
         blurry, _ = read_image(out / row["blur_path"])
         assert np.abs(blurry - np.rint(uni * 255) / 255).max() < 1e-6
 

@@ -53,7 +53,14 @@ def test_uniform_pairs_are_readable_and_consistent(photos_dir, small_bank, tmp_p
     # the two pairs drawn from one image differ (own seeds)
     a, b = rows["uniform/astronaut.png/0"], rows["uniform/astronaut.png/1"]
     assert a["seed"] != b["seed"] and a["blur_sha256"] != b["blur_sha256"]
-    assert a["sharp_sha256"] == b["sharp_sha256"]
+    # ... and each sharp image is the source cropped by its own kernel's reach (valid borders)
+    source = cv2.imread(str(photos_dir / "astronaut.png"))
+    for r in (a, b):
+        c = json.loads(r["params"])["crop"]
+        assert json.loads(r["params"])["borders"] == "valid" and sum(c.values()) > 0
+        assert (r["width"], r["height"]) == (96 - c["left"] - c["right"], 64 - c["top"] - c["bottom"])
+        cropped = source[c["top"] : 64 - c["bottom"], c["left"] : 96 - c["right"]]
+        assert np.array_equal(cv2.imread(str(m.abspath(r["sharp_path"]))), cropped)
     assert read_errors(out).num_rows == 0
 
 
@@ -126,7 +133,9 @@ def test_bad_input_zoo_becomes_pairs_or_error_rows(small_bank, tmp_path, capsys)
     # 16-bit input stays 16-bit at full precision
     deep_row = next(r for r in rows.values() if r["key"].endswith("deep16.png/0"))
     stored = cv2.imread(str(out / deep_row["sharp_path"]), cv2.IMREAD_UNCHANGED)
-    assert stored.dtype == np.uint16 and np.array_equal(stored[..., ::-1], deep)
+    c = json.loads(deep_row["params"])["crop"]
+    assert stored.dtype == np.uint16 and np.array_equal(stored[..., ::-1], deep[c["top"] : 60 - c["bottom"],
+                                                                                c["left"] : 80 - c["right"]])
     blur16 = cv2.imread(str(out / deep_row["blur_path"]), cv2.IMREAD_UNCHANGED)
     assert blur16.dtype == np.uint16 and np.any(blur16 % 257 != 0)
 

@@ -44,6 +44,17 @@ class ShardTask:
     config: dict = field(default_factory=dict)  # job settings shared by every shard
 
 
+OUTPUT_MARKERS = ("run.json", "manifest", "stats")  # what makes a folder a blurforge output
+
+
+def is_output_dir(path: str | os.PathLike) -> bool:
+    """Whether the local folder ``path`` is a synthesize/frames output (``run.json``, ``manifest/``
+    and ``stats/`` inside): scans for inputs skip such folders, so outputs never become inputs."""
+    p = os.fspath(path)
+    return (os.path.isfile(os.path.join(p, "run.json")) and os.path.isdir(os.path.join(p, "manifest"))
+            and os.path.isdir(os.path.join(p, "stats")))
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
@@ -197,6 +208,7 @@ class RunSummary:
     errors: int = 0
     seconds: float = 0.0
     stats: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # lines for the user (e.g. output folders skipped in the inputs)
 
     @property
     def rate(self) -> float:

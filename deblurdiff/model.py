@@ -42,7 +42,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 
+from blurforge.storage import make_temp_dir
 from deblurdiff.lkpn import LKPN
 
 VARIANTS = ("lkpn", "blurry", "lkpn-direct", "lkpn-static")
@@ -304,7 +304,7 @@ class DeblurDiff(torch.nn.Module):
         everything goes to a temporary sibling folder that then replaces the target."""
         target = Path(save_directory).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp = make_temp_dir(target.parent, prefix=f".{target.name}.tmp-")  # mode as mkdir gives, not 0700
         try:
             self.controlnet.save_pretrained(tmp / "controlnet")
             if self.lkpn is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pyarrow.dataset as ds
 
 from blurforge.cli import main
 from blurforge.manifest import read_errors, read_manifest, sha256_file
+from blurforge.seeding import seed_for
 from conftest import photo, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,10 +52,15 @@ def test_uniform_pairs_are_readable_and_consistent(photos_dir, small_bank, tmp_p
         # a blurred photograph has less high-frequency energy than its sharp original
         lap = lambda x: cv2.Laplacian(x.astype(np.float32), cv2.CV_32F).var()  # noqa: E731
         assert lap(blur) < lap(sharp)
-    # the two pairs drawn from one image differ (own seeds)
-    a, b = rows["uniform/astronaut.png/0"], rows["uniform/astronaut.png/1"]
+    # the two pairs drawn from one image differ (own seeds: run seed, mode, photo, j)
+    a, b = rows["uniform/seed7/astronaut.png/0"], rows["uniform/seed7/astronaut.png/1"]
+    assert a["seed"] == seed_for(7, "uniform/astronaut.png/0") and b["seed"] == seed_for(7, "uniform/astronaut.png/1")
     assert a["seed"] != b["seed"] and a["blur_sha256"] != b["blur_sha256"]
     assert a["sharp_sha256"] == b["sharp_sha256"]
+    # ... and share their group: the SHA-256 of the photo file's bytes
+    photo_hash = hashlib.sha256((photos_dir / "astronaut.png").read_bytes()).hexdigest()
+    assert a["group"] == b["group"] == f"sha256:{photo_hash}"
+    assert len({r["group"] for r in rows.values()}) == 4
     assert read_errors(out).num_rows == 0
 
 
@@ -74,6 +81,8 @@ def test_seed_changes_the_output(photos_dir, small_bank, tmp_path):
     assert main(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out", str(b),
                  "--seed", "8", "--quiet"]) == 0
     ra, rb = table_by_key(a), table_by_key(b)
+    assert not ra.keys() & rb.keys(), "keys carry the run seed"
+    rb = {k.replace("/seed8/", "/seed7/"): r for k, r in rb.items()}
     assert any(ra[k]["blur_sha256"] != rb[k]["blur_sha256"] for k in ra)
 
 

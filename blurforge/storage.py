@@ -171,12 +171,17 @@ def current_umask() -> int:
     return mask
 
 
-def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
-    """A new uniquely named folder in ``parent`` with the mode a plain ``mkdir`` gives (``0777`` less
-    the umask): ``tempfile.mkdtemp`` makes it ``0700``, which would stay on a folder renamed into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    os.chmod(tmp, 0o777 & ~current_umask())
-    return tmp
+def apply_umask(tree: str | os.PathLike) -> None:
+    """Give a freshly written folder and everything in it the modes plain ``open``/``mkdir`` give
+    (``0666``/``0777`` less the umask): for trees written by libraries that create files ``0600``
+    (safetensors writes through a private temp file) before they are renamed into place."""
+    mask = current_umask()
+    for folder, dirs, files in os.walk(tree):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
 
 
 def write_local_atomic(path: Path, data: bytes) -> Path:

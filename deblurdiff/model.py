@@ -42,6 +42,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 
-from blurforge.storage import make_temp_dir
+from blurforge.storage import apply_umask
 from deblurdiff.lkpn import LKPN
 
 VARIANTS = ("lkpn", "blurry", "lkpn-direct", "lkpn-static")
@@ -304,7 +305,7 @@ class DeblurDiff(torch.nn.Module):
         everything goes to a temporary sibling folder that then replaces the target."""
         target = Path(save_directory).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_dir(target.parent, prefix=f".{target.name}.tmp-")  # mode as mkdir gives, not 0700
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             self.controlnet.save_pretrained(tmp / "controlnet")
             if self.lkpn is not None:
@@ -316,6 +317,7 @@ class DeblurDiff(torch.nn.Module):
                 "versions": _versions(),
             }
             (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
+            apply_umask(tmp)  # mkdtemp makes the folder 0700 and safetensors its files 0600: owner-only
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")

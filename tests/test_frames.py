@@ -294,3 +294,10 @@ def test_resume_after_partial_run_matches_a_full_run(tmp_path):
     assert not list(out.rglob("*.tmp"))
     with pytest.raises(ValueError, match="other settings"):
         run_frames(d, out, **{**kw, "window": 5})
+
+
+def test_out_inside_videos_is_refused(tmp_path):
+    make_clip(tmp_path / "v" / "pan.mkv", v=1, n=8)
+    with pytest.raises(ValueError, match=r"--out .*frames is inside --videos .*v: .*choose an --out outside it"):
+        run_frames(tmp_path / "v", tmp_path / "v" / "frames", seed=0, window=3, progress=False)
+    assert not (tmp_path / "v" / "frames").exists()

@@ -145,6 +145,14 @@ def test_kernels_cli_writes_bank_and_preview(tmp_path, capsys):
     bank = read_bank(out)
     assert len(bank) == 12 and bank.kernel(bank.ids[0]).shape == (31, 31)
     assert cv2.imread(str(tmp_path / "k.png")) is not None
+    # an existing bank is kept unless --overwrite: pairs made with it name its kernels
+    before = out.read_bytes()
+    assert main(["kernels", "--count", "3", "--seed", "6", "--size", "31", "--out", str(out), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["kernels", "--count", "3", "--seed", "6", "--size", "31", "--out", str(out), "--overwrite",
+                 "--quiet"]) == 0
+    assert len(read_bank(out)) == 3
+    capsys.readouterr()
     assert main(["kernels", "--count", "2", "--size", "30", "--out", str(tmp_path / "e.parquet"), "--quiet"]) == 2
     assert "odd" in capsys.readouterr().err
 

@@ -200,3 +200,60 @@ def test_kill_and_resume_matches_uninterrupted_run(small_bank, tmp_path):
     assert not list(out.rglob("*.tmp"))
     files = sorted(p.relative_to(out) for p in out.rglob("*.png"))
     assert files == sorted(p.relative_to(ref) for p in ref.rglob("*.png"))
+
+
+def test_out_inside_the_inputs_is_refused_and_old_outputs_are_skipped(photos_dir, small_bank, tmp_path, capsys):
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(photos_dir, photos)
+    # --out inside --sharp: refused, naming both and the fix; nothing written
+    assert synth(photos, small_bank, photos / "out") == 2
+    err = capsys.readouterr().err
+    assert f"--out {photos / 'out'} is inside --sharp {photos}" in err and "choose an --out outside it" in err
+    assert not (photos / "out").exists()
+    # --sharp inside --out: refused too
+    assert synth(photos, small_bank, tmp_path) == 2
+    assert "inside --out" in capsys.readouterr().err
+    # an earlier output that ended up inside the photo folder is not read as new photos: 4 pairs, not 4 + 8
+    assert synth(photos, small_bank, tmp_path / "first", "--pairs-per-image", 2) == 0
+    shutil.move(tmp_path / "first", photos / "first")
+    capsys.readouterr()
+    assert synth(photos, small_bank, tmp_path / "second") == 0
+    captured = capsys.readouterr()
+    assert "4 pairs, 0 errors" in captured.out
+    assert f"skipped 1 blurforge output folder(s) inside --sharp: {photos / 'first'}" in captured.err
+    assert {json.loads(r["params"])["input"] for r in table_by_key(tmp_path / "second").values()} == {
+        p.name for p in photos_dir.glob("*.png")}
+    # pointing --sharp at an output folder itself is refused with the fix
+    assert synth(photos / "first", small_bank, tmp_path / "third") == 2
+    assert "is a blurforge output folder" in capsys.readouterr().err
+
+
+def test_failed_inputs_are_named_at_the_end_and_by_inspect(photos_dir, small_bank, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "photos"
+    shutil.copytree(photos_dir, d)
+    (d / "notes.png").write_text("not an image")
+    write_png(d / "tiny.png", photo("coffee", (8, 8)))
+    out = tmp_path / "out"
+    assert synth(d, small_bank, out, "--shard-size", 2) == 0
+    err = capsys.readouterr().err
+    assert f"synthesize: 2 failed input(s) (read 2; all in {out}/errors):" in err
+    assert f"{d / 'notes.png'}:" in err and "smaller than the 15x15 kernels" in err
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"2 failed input(s) (read 2; all in {out / 'errors'}):" in text and "notes.png" in text
+    # build-manifest carries them beside the merged manifest, and inspect finds them there
+    m = tmp_path / "m" / "all.parquet"
+    assert main(["build-manifest", str(out), "--out", str(m), "--quiet"]) == 0
+    assert "2 failed input(s)" in capsys.readouterr().out
+    assert main(["inspect", str(m), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["errors"]["count"] == 2 and s["errors"]["by_stage"] == {"read": 2}
+    assert {Path(e["input"]).name for e in s["errors"]["first"]} == {"notes.png", "tiny.png"}
+    # a clean output says so
+    assert synth(photos_dir, small_bank, tmp_path / "clean") == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "clean")]) == 0 and "failed inputs: none" in capsys.readouterr().out

@@ -242,7 +242,8 @@ def cmd_build_manifest(args: argparse.Namespace) -> int:
         write_parquet_atomic(errors, errors_path, kind="errors")
         for e in import_errors[:20]:
             print(f"  {e['error']}", file=sys.stderr)
-        errors_note = (f", {errors.num_rows} failed input(s) ({len(import_errors)} from imports) -> {errors_path}")
+        from_imports = f", {len(import_errors)} from imports" if import_errors else ""
+        errors_note = f", {errors.num_rows} error row(s){from_imports} -> {errors_path}"
     elif errors_path.exists():
         errors_path.unlink()  # a stale table from an earlier build would be read as this manifest's
     m = read_manifest(out)

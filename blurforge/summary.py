@@ -22,12 +22,20 @@ def _stats(values) -> dict:
 
 
 def errors_summary(errors: pa.Table, limit: int = 5) -> dict:
-    """Failed inputs: their count, counts by stage, and the first ``limit`` (input, stage, error)."""
-    rows = errors.select(["input", "stage", "error"]).to_pylist()
+    """Failed inputs: how many inputs and error rows (one input can fail once per pair it was to
+    give, or in several runs), rows by stage, and the first ``limit`` distinct failures
+    ``{input, stage, error, rows}`` in table order."""
+    distinct: dict[tuple, int] = {}
+    stages: Counter = Counter()
+    for r in errors.select(["input", "stage", "error"]).to_pylist():
+        distinct[(r["input"], r["stage"], r["error"])] = distinct.get((r["input"], r["stage"], r["error"]), 0) + 1
+        stages[r["stage"]] += 1
     return {
-        "count": len(rows),
-        "by_stage": dict(sorted(Counter(r["stage"] for r in rows).items())),
-        "first": rows[:limit],
+        "count": errors.num_rows,
+        "inputs": len({i for i, _, _ in distinct}),
+        "by_stage": dict(sorted(stages.items())),
+        "first": [{"input": i, "stage": st, "error": e, "rows": n} for (i, st, e), n in list(distinct.items())[:limit]],
+        "distinct": len(distinct),
     }
 
 
@@ -36,9 +44,10 @@ def format_errors(s: dict, where) -> list[str]:
     if not s["count"]:
         return []
     stages = ", ".join(f"{k} {v}" for k, v in s["by_stage"].items())
-    shown = f"first {len(s['first'])}, " if len(s["first"]) < s["count"] else ""
-    lines = [f"{s['count']} failed input(s) ({stages}; {shown}all in {where}):"]
-    lines += [f"  [{r['stage']}] {r['error']}" for r in s["first"]]
+    rows = f"{s['count']} error rows: " if s["count"] != s["inputs"] else ""
+    shown = f"first {len(s['first'])} shown, " if len(s["first"]) < s["distinct"] else ""
+    lines = [f"{s['inputs']} failed input(s) ({rows}{stages}; {shown}all in {where}):"]
+    lines += [f"  [{r['stage']}] {r['error']}" + (f" (x{r['rows']})" if r["rows"] > 1 else "") for r in s["first"]]
     return lines
 
 

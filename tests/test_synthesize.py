@@ -242,16 +242,21 @@ def test_failed_inputs_are_named_at_the_end_and_by_inspect(photos_dir, small_ban
     err = capsys.readouterr().err
     assert f"synthesize: 2 failed input(s) (read 2; all in {out}/errors):" in err
     assert f"{d / 'notes.png'}:" in err and "smaller than the 15x15 kernels" in err
+    # an input that fails once per pair it was to give is one failed input
+    assert synth(d, small_bank, tmp_path / "three", "--pairs-per-image", 3) == 0
+    err = capsys.readouterr().err
+    assert f"2 failed input(s) (6 error rows: read 6; all in {tmp_path / 'three'}/errors):" in err
+    assert err.count("notes.png") == 1 and "(x3)" in err
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"2 failed input(s) (read 2; all in {out / 'errors'}):" in text and "notes.png" in text
     # build-manifest carries them beside the merged manifest, and inspect finds them there
     m = tmp_path / "m" / "all.parquet"
     assert main(["build-manifest", str(out), "--out", str(m), "--quiet"]) == 0
-    assert "2 failed input(s)" in capsys.readouterr().out
+    assert "2 error row(s) ->" in capsys.readouterr().out
     assert main(["inspect", str(m), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["errors"]["count"] == 2 and s["errors"]["by_stage"] == {"read": 2}
+    assert s["errors"]["count"] == s["errors"]["inputs"] == 2 and s["errors"]["by_stage"] == {"read": 2}
     assert {Path(e["input"]).name for e in s["errors"]["first"]} == {"notes.png", "tiny.png"}
     # a clean output says so
     assert synth(photos_dir, small_bank, tmp_path / "clean") == 0

@@ -132,6 +132,11 @@ def check_run_config(out: str | os.PathLike, config: dict) -> None:
         old = json.loads(loc.read_text("run.json"))
         if old != json.loads(text):
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            if "manifest_schema" in diff:
+                raise ValueError(
+                    f"{out}: holds a run of an older blurforge (manifest schema {old.get('manifest_schema', '1')}, "
+                    "keys without the run seed) — finish it with that version, or choose a new --out"
+                )
             raise ValueError(
                 f"{out}: already holds a run with other settings ({', '.join(diff)}) — "
                 "resume with the same command, or choose a new --out"

@@ -155,6 +155,16 @@ def test_resume_refuses_other_settings(photos_dir, small_bank, tmp_path, capsys)
     assert "other settings (noise)" in capsys.readouterr().err
 
 
+def test_resuming_a_run_of_an_older_schema_is_refused(photos_dir, small_bank, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert synth(photos_dir, small_bank, out) == 0
+    run = json.loads((out / "run.json").read_text())
+    del run["manifest_schema"]  # as written before keys carried the run seed
+    (out / "run.json").write_text(json.dumps(run))
+    assert synth(photos_dir, small_bank, out) == 2
+    assert "older blurforge (manifest schema 1" in capsys.readouterr().err
+
+
 def test_missing_inputs_give_clear_errors(photos_dir, small_bank, tmp_path, capsys):
     assert synth(tmp_path / "nope", small_bank, tmp_path / "o") == 2
     assert "not a directory of sharp images" in capsys.readouterr().err

@@ -188,3 +188,22 @@ def test_merged_manifest_is_written_atomically_with_group(merged, tmp_path):
     t = read_manifest(merged).table
     write_parquet_atomic(t, tmp_path / "copy.parquet", kind="manifest")
     assert read_manifest(tmp_path / "copy.parquet").table.column("group").to_pylist() == t.column("group").to_pylist()
+
+
+def test_leakage_finds_groups_and_shared_sharp_images_in_several_splits():
+    from blurforge.manifest import leakage, leakage_lines, leakage_report, rows_table
+
+    def row(key, split, group, sharp):
+        return {"key": key, "blur_path": f"{key}.png", "sharp_path": "s.png", "split": split, "group": group,
+                "source": "uniform", "width": 1, "height": 1, "seed": 1, "params": "{}", "blur_sha256": key,
+                "sharp_sha256": sharp}
+
+    t = rows_table([row("a", "train", "g1", "s1"), row("b", "test", "g1", "s1"),  # a group in two splits
+                    row("c", "train", "g2", "s2"), row("d", "val", "g3", "s2"),  # one picture, two groups
+                    row("e", "test", "g4", "s4"), row("f", "test", "g4", "s4")])
+    leaks = leakage(t)
+    assert leaks == {"groups": {"g1": ["test", "train"]}, "sharp": {"s1": ["test", "train"], "s2": ["train", "val"]}}
+    lines = leakage_lines(leakage_report(leaks))
+    assert lines[0].startswith("LEAKAGE: 1 source group(s)") and "g1 in test, train" in lines[1]
+    assert any(line.startswith("warning: 2 sharp image(s)") for line in lines)
+    assert leakage_lines(leakage_report(leakage(t.slice(4)))) == []

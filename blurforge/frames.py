@@ -257,11 +257,11 @@ def _png(frame_uint8_rgb: np.ndarray) -> bytes:
 def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[dict], list[dict], dict]:
     """All pairs of one clip, or an error row. Returns ``(rows, errors, timing)``."""
     from blurforge.imageio import encode_image, sha256_bytes
-    from blurforge.synthesize import sample_name, source_group
+    from blurforge.synthesize import sample_key, sample_name, source_group
     from blurforge.video import VideoError, check_length, guarded_frames, open_video
 
     src = Path(cfg["videos"]) / rel
-    key_base = sample_key_seed(cfg, rel, 0)[0].rsplit("/", 1)[0]  # the clip's keys without the centre
+    key_base = sample_key(cfg["key_prefix"], cfg["seed"], rel)  # the clip's keys without the centre
     rows: list[dict] = []
     written: list[str] = []
     timing = {"decode_s": 0.0, "average_s": 0.0, "interpolate_s": 0.0, "encode_s": 0.0}

@@ -72,9 +72,11 @@ def sample_name(key: str) -> str:
     return f"{_SAFE.sub('_', key).strip('_')[:80]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
-def sample_key(prefix: str, run_seed: int, rel: str, index: int) -> str:
-    """A pair's key, ``PREFIX/seedSEED/REL/INDEX``: unique across runs with different seeds."""
-    return f"{prefix}/seed{int(run_seed)}/{rel}/{index}"
+def sample_key(prefix: str, run_seed: int, rel: str, index: int | None = None) -> str:
+    """A pair's key, ``PREFIX/seedSEED/REL/INDEX``: unique across runs with different seeds
+    (without ``index``: the stem shared by the keys of the source ``rel``, for its error rows)."""
+    stem = f"{prefix}/seed{int(run_seed)}/{rel}"
+    return stem if index is None else f"{stem}/{index}"
 
 
 def sample_seed(run_seed: int, source: str, rel: str, index: int) -> int:
@@ -95,8 +97,8 @@ def source_group(path: str | Path) -> str:
     return f"sha256:{sha256_file(path)}"
 
 
-def plan_uniform(sharp_dir: Path, pairs_per_image: int, key_prefix: str, run_seed: int = 0,
-                 mode: str = "uniform", skipped: list | None = None) -> list[tuple[str, str, int]]:
+def plan_uniform(sharp_dir: Path, pairs_per_image: int, key_prefix: str, run_seed: int,
+                 skipped: list | None = None) -> list[tuple[str, str, int]]:
     """Work items ``(key, relative sharp path, j)``, sorted, one per (image, j). Folders under
     ``sharp_dir`` holding blurforge outputs are not scanned (appended to ``skipped``)."""
     from blurforge.imageio import find_images
@@ -308,7 +310,7 @@ def run_synthesize(
     if mode == "nonuniform":
         config["segmenter"] = _segmenter_settings(segmenter, sam2_config, sam2_checkpoint, device, max_objects)
     skipped: list = []
-    items = plan_uniform(sharp, pairs_per_image, config["key_prefix"], seed, mode, skipped=skipped)
+    items = plan_uniform(sharp, pairs_per_image, config["key_prefix"], seed, skipped=skipped)
     if not items:
         raise FileNotFoundError(f"--sharp {sharp}: no images found (looked for common image extensions)")
     out.makedirs()

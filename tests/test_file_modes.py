@@ -3,6 +3,7 @@ mkdtemp's 0700: collaborators and workers running as another user must be able t
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 from pathlib import Path
@@ -60,8 +61,6 @@ def test_deblurdiff_outputs_follow_the_umask(umask, pairs_dir, tmp_path):
     from deblurdiff.infer import add_infer_arguments, run_infer
     from deblurdiff.presets import build_model
     from deblurdiff.train import add_train_arguments, train
-
-    import argparse
 
     work = tmp_path / "work"
     build_model("tiny", seed=0).save_pretrained(work / "saved")

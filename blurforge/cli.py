@@ -19,6 +19,13 @@ typical run:
 """
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown; descriptions wrapped; text with line breaks (example epilogs) kept as written."""
+
+    def _fill_text(self, text, width, indent):
+        return text if "\n" in text else super()._fill_text(text, width, indent)
+
+
 class UserError(Exception):
     """An error caused by the command's inputs; printed without a traceback."""
 
@@ -48,7 +55,11 @@ def _fraction(text: str) -> float:
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     from blurforge.kernels import bank_summary, generate_bank, kernel_contact_sheet, read_bank, write_bank
+    from blurforge.storage import file_exists
 
+    if file_exists(args.out) and not args.overwrite:
+        raise UserError(f"--out {args.out} already exists — pairs made with it name its kernels; pass --overwrite "
+                        "to replace it, or choose another --out")
     t0 = time.perf_counter()
     table = generate_bank(
         count=args.count,
@@ -112,12 +123,16 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def report_job(args: argparse.Namespace, s, timing: dict[str, float]) -> int:
-    """The one-line summary of a sharded job (synthesize, frames) and its exit status."""
+    """The summary of a sharded job (synthesize, frames): notes, the first failed inputs with their
+    reasons, the one-line summary, and the exit status."""
     busy = sum(timing.values()) or 1.0
     split = ", ".join(f"{k[:-2]} {100 * v / busy:.0f}%" for k, v in timing.items())
     resumed = f", {s.skipped} of {s.shards} shards already done" if s.skipped else ""
     retried = f", {s.retried} shard attempts retried" if s.retried else ""
     out = str(args.out).rstrip("/")
+    for note in s.notes:
+        print(f"{args.command}: {note}", file=sys.stderr)
+    _print_failed_inputs(args.command, out, [st["shard"] for st in s.stats if st.get("errors")])
     print(
         f"{args.command}: {s.pairs} pairs, {s.errors} errors in {s.seconds:.1f} s "
         f"({s.rate:.2f} pairs/s; {split}){resumed}{retried} -> {out}/manifest (errors: {out}/errors)"
@@ -132,6 +147,26 @@ def report_job(args: argparse.Namespace, s, timing: dict[str, float]) -> int:
         print(f"{args.command}: no pair succeeded — see the errors table", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_failed_inputs(command: str, out: str, shards: list[str], limit: int = 5) -> None:
+    """Name the first ``limit`` inputs that failed in ``shards`` of the output ``out``, with reasons."""
+    if not shards:
+        return
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from blurforge.storage import Location
+    from blurforge.summary import errors_summary, format_errors
+
+    loc = Location(out)
+    tables = [pq.read_table(io.BytesIO(loc.read_bytes(f"errors/{n}.parquet"))) for n in sorted(shards)
+              if loc.exists(f"errors/{n}.parquet")]
+    if tables:
+        lines = format_errors(errors_summary(pa.concat_tables(tables), limit), f"{out}/errors")
+        print("\n".join([f"{command}: {lines[0]}", *lines[1:]]), file=sys.stderr)
 
 
 def cmd_frames(args: argparse.Namespace) -> int:
@@ -169,7 +204,11 @@ def _parse_import(text: str) -> tuple[str, str]:
 
 
 def cmd_build_manifest(args: argparse.Namespace) -> int:
-    from blurforge.manifest import errors_table, merge_manifests, read_manifest, verify_manifest, write_parquet_atomic
+    import pyarrow as pa
+
+    from blurforge.manifest import (ERRORS_SCHEMA, errors_beside, errors_path_for, errors_table, leakage,
+                                    leakage_lines, leakage_report, merge_manifests, read_manifest, verify_manifest,
+                                    write_parquet_atomic)
 
     out = Path(args.out)
     extra, import_errors = [], []
@@ -182,32 +221,50 @@ def cmd_build_manifest(args: argparse.Namespace) -> int:
         import_errors += errors
     if not args.inputs and not extra:
         raise UserError("nothing to merge — name output directories/manifests or --import NAME=PATH")
+    notes: list[str] = []
     table = merge_manifests(args.inputs, out, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                            extra_tables=extra)
+                            extra_tables=extra, notes=notes)
+    for note in notes:
+        print(f"build-manifest: {note}", file=sys.stderr)
+    report = leakage_report(leakage(table))
+    for line in leakage_lines(report):
+        print(f"build-manifest: {line}" if not line.startswith(" ") else line, file=sys.stderr)
     if args.verify:
         problems = verify_manifest(table, out.parent, progress=not args.quiet)
         for p in problems[:20]:
             print(f"  {p['error']}", file=sys.stderr)
-        if problems:
-            print(f"build-manifest: {len(problems)} file(s) failed verification; manifest not written",
-                  file=sys.stderr)
+        if problems or report["groups"]:
+            what = [f"{len(problems)} file(s) failed verification"] if problems else []
+            what += [f"{report['groups']} source group(s) are in more than one split"] if report["groups"] else []
+            print(f"build-manifest: {' and '.join(what)}; manifest not written", file=sys.stderr)
             return 1
     write_parquet_atomic(table, out, kind="manifest")
+    # failed inputs never vanish: the inputs' errors tables and the import problems go beside the manifest
+    carried = [t for t in (errors_beside(inp)[0] for inp in args.inputs) if t.num_rows]
+    errors = pa.concat_tables([t.select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA) for t in carried]
+                              + [errors_table(import_errors)])
     errors_note = ""
-    if import_errors:
-        errors_path = out.with_name(f"{out.stem}.errors.parquet")
-        write_parquet_atomic(errors_table(import_errors), errors_path, kind="errors")
+    errors_path = errors_path_for(out)
+    if errors.num_rows:
+        write_parquet_atomic(errors, errors_path, kind="errors")
         for e in import_errors[:20]:
             print(f"  {e['error']}", file=sys.stderr)
-        errors_note = f", {len(import_errors)} import problems -> {errors_path}"
+        from_imports = f", {len(import_errors)} from imports" if import_errors else ""
+        errors_note = f", {errors.num_rows} error row(s){from_imports} -> {errors_path}"
+    elif errors_path.exists():
+        errors_path.unlink()  # a stale table from an earlier build would be read as this manifest's
     m = read_manifest(out)
     splits = {s: 0 for s in ("train", "val", "test")}
     for s in m.table.column("split").to_pylist():
         splits[s] = splits.get(s, 0) + 1
+    groups = len(set(m.table.column("group").to_pylist()))
     verified = ", all files verified" if args.verify else ""
+    leak = ("no source in two splits" if not report["groups"]
+            else f"{report['groups']} source group(s) in several splits")
     print(
         f"build-manifest: {len(m)} pairs from {len(args.inputs) + len(extra)} input(s) "
-        f"(train {splits['train']}, val {splits['val']}, test {splits['test']}){verified}{errors_note} -> {out}"
+        f"(train {splits['train']}, val {splits['val']}, test {splits['test']}; {groups} source groups, "
+        f"{leak}){verified}{errors_note} -> {out}"
     )
     return 0
 
@@ -215,12 +272,15 @@ def cmd_build_manifest(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from blurforge.manifest import read_manifest
+    from blurforge.manifest import errors_beside, read_manifest
     from blurforge.summary import format_summary, manifest_summary, pairs_contact_sheet
 
     m = read_manifest(args.manifest)
-    s = manifest_summary(m)
-    print(json.dumps(s, indent=1) if args.json else format_summary(s, m.location))
+    errors, where = errors_beside(args.manifest)
+    s = manifest_summary(m, errors if where is not None else None)
+    print(json.dumps(s, indent=1) if args.json else format_summary(s, m.location, where))
+    if m.legacy_note():
+        print(f"inspect: {m.legacy_note()}", file=sys.stderr)
     if args.preview:
         pairs_contact_sheet(m, args.preview, count=args.preview_count)
         print(f"inspect: preview of {min(args.preview_count, len(m))} pairs (blurry | sharp) -> {args.preview}")
@@ -269,9 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="RSBlur saturation: clipped highlights of the sharp input(s) brighten the blurry "
                              "image by a*mask, a ~ U(0.25, 1.75)")
 
-    def add(name, func, help_, description=None):
-        sp = sub.add_parser(name, help=help_, description=description or help_, allow_abbrev=False,
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    def add(name, func, help_, description=None, epilog=None):
+        sp = sub.add_parser(name, help=help_, description=description or help_, epilog=epilog, allow_abbrev=False,
+                            formatter_class=_HelpFormatter)
         sp.set_defaults(func=func)
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
         return sp
@@ -290,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--working-size", type=int, metavar="N",
                    help="odd window (>= --size) a trajectory must fit; kernels that need more than --size "
                         "are stored at their own size up to N (default: --size, the paper's setting)")
-    k.add_argument("--out", required=True, help="output Parquet file, e.g. kernels.parquet")
+    k.add_argument("--out", required=True, help="output Parquet file, e.g. kernels.parquet (an existing one is "
+                   "refused unless --overwrite)")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing --out bank")
     k.add_argument("--length-min", type=float, default=1.0, help="shortest trajectory length (px)")
     k.add_argument("--length-max", type=float, default=1000.0, help="longest trajectory length (px)")
     k.add_argument("--exposure", type=float, default=1.0, help="exposure fraction T in (0, 1]")
@@ -304,12 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
             "light, optionally adding RSBlur's saturation and camera-pipeline noise "
             "(--noise rsblur [--noise-preset realblur|rsblur] --saturation) and JPEG, and crops both images to the "
             "pixels that saw only real content (--borders valid; --borders reflect keeps the full size). "
-            "Writes OUT/blur, OUT/sharp, OUT/manifest/*.parquet and OUT/errors/*.parquet. "
-            "Re-running the same command resumes a killed run.")
+            "Writes OUT/blur, OUT/sharp, OUT/manifest/*.parquet and OUT/errors/*.parquet; --out must lie outside "
+            "--sharp (and blurforge output folders inside --sharp are skipped). Every pair records its source "
+            "photo's content hash as its group, so build-manifest keeps a photo's pairs in one split. "
+            "Re-running the same command resumes a killed run; failed inputs are named at the end.")
     s.add_argument("--sharp", required=True, help="directory of sharp images")
     s.add_argument("--kernels", required=True, help="kernel bank from 'blurforge kernels'")
-    s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--seed", type=int, default=0, help="run seed; each pair's seed derives from (seed, key)")
+    s.add_argument("--out", required=True, help="output directory, outside --sharp (e.g. --sharp photos/ --out pairs/)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="run seed; pair j of a photo has the seed of (seed, mode, photo, j), and keys carry the seed, "
+                        "so runs with different seeds merge")
     s.add_argument("--mode", choices=["uniform", "nonuniform"], default="uniform",
                    help="uniform: one kernel per image; nonuniform: segment each image and give every object "
                         "(and the background) its own kernel; the objects are layers moving over the background "
@@ -335,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "reflected border (pairs are smaller than the source by up to the kernel size - 1); "
                         "reflect: keep the source size, with reflected borders in a band of half the kernel")
     s.add_argument("--shard-size", type=_positive_int, default=64, help="pairs per shard (the unit of resume)")
-    s.add_argument("--key-prefix", help="prefix of the pairs' keys (default: the mode); make runs distinct")
+    s.add_argument("--key-prefix", help="prefix of the pairs' keys (default: the mode); names only, the kernels "
+                   "drawn do not change — needed only to merge runs of one mode and seed over different folders")
     s.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")
     add_backend(s)
 
@@ -348,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
             "realism stage to the blurry average, e.g. --window 7 --noise rsblur --saturation. "
             "Bad clips land in the errors table.")
     f.add_argument("--videos", required=True, help="directory of video clips (searched recursively)")
-    f.add_argument("--out", required=True, help="output directory (or a pyarrow filesystem URI)")
-    f.add_argument("--seed", type=int, default=0, help="run seed; each pair's seed derives from (seed, key)")
+    f.add_argument("--out", required=True, help="output directory outside --videos (or a pyarrow filesystem URI)")
+    f.add_argument("--seed", type=int, default=0,
+                   help="run seed; each pair's seed derives from (seed, clip, centre frame); keys carry it")
     f.add_argument("--decoder", choices=["decord", "av"], default="decord", help="video decoder")
     f.add_argument("--window", type=_window, default="7", metavar="N|LO:HI",
                    help="odd number of original frames averaged, or a range drawn per sample")
@@ -360,25 +428,42 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--workers", type=_positive_int, default=1, help="processes (or Ray tasks in flight)")
     f.add_argument("--shard-size", type=_positive_int, default=1, help="clips per shard (the unit of resume)")
     add_realism(f, "the blurry average (the sharp frame is kept as decoded)")
-    f.add_argument("--key-prefix", default="frames", help="prefix of the pairs' keys")
+    f.add_argument("--key-prefix", default="frames", help="prefix of the pairs' keys (names only: seeds do not change)")
     f.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")
     add_backend(f)
 
     b = add("build-manifest", cmd_build_manifest, "merge outputs and imported datasets into one manifest",
             "Merges outputs/manifests into one Parquet manifest whose image paths are relative to its "
-            "directory; assigns deterministic splits from the keys when a fraction is given; rejects "
-            "duplicate keys and schema mismatches.")
+            "directory. With a fraction, splits are drawn from a hash of each pair's group (its source photo, "
+            "clip or imported scene), so no source is ever in two splits; without, the splits are kept. "
+            "Refuses the same run given twice and clashing keys; reports any source in two splits "
+            "(--verify refuses to write it). Failed inputs of all inputs go to NAME.errors.parquet.",
+            epilog="examples:\n"
+                   "  blurforge build-manifest uniform/ nonuniform/ frames/ --out manifest.parquet "
+                   "--val-fraction 0.01 --test-fraction 0.01 --verify\n"
+                   "  blurforge build-manifest pairs/ --import gopro=/data/GOPRO_Large --out all.parquet\n"
+                   "  blurforge build-manifest old.parquet --out checked.parquet --verify   # keep splits, check them\n")
     b.add_argument("inputs", nargs="*", metavar="INPUT", help="synthesize/frames output dirs or manifest files")
     b.add_argument("--import", dest="imports", action="append", default=[], type=_parse_import, metavar="NAME=PATH",
                    help="bring an existing paired dataset in as source import:NAME: a folder with blur/ and "
                         "sharp/ per sequence (GoPro, REDS-like) or a list file of 'blur_path sharp_path' lines "
                         "(RealBlur/RSBlur); repeatable")
     b.add_argument("--out", required=True, help="output manifest, e.g. manifest.parquet")
-    b.add_argument("--val-fraction", type=_fraction, help="fraction of keys in val (default: keep splits)")
-    b.add_argument("--test-fraction", type=_fraction, help="fraction of keys in test (default: keep splits)")
-    b.add_argument("--verify", action="store_true", help="re-hash every image against the manifest")
+    b.add_argument("--val-fraction", type=_fraction,
+                   help="fraction of source groups (photos, clips, scenes) in val (default: keep splits)")
+    b.add_argument("--test-fraction", type=_fraction,
+                   help="fraction of source groups in test (default: keep splits)")
+    b.add_argument("--verify", action="store_true",
+                   help="re-hash every image and check that no source group is in two splits; write nothing if not")
 
-    i = add("inspect", cmd_inspect, "summarise a manifest and preview its pairs")
+    i = add("inspect", cmd_inspect, "summarise a manifest and preview its pairs",
+            "Counts by source and split, image sizes, kernel statistics, source groups and any source in two "
+            "splits (leakage), and the failed inputs (counts by stage, the first messages) of a synthesize/frames "
+            "output or of a manifest with NAME.errors.parquet beside it.",
+            epilog="examples:\n"
+                   "  blurforge inspect manifest.parquet --preview pairs.png\n"
+                   "  blurforge inspect pairs/            # a synthesize output: also lists its failed inputs\n"
+                   "  blurforge inspect manifest.parquet --json\n")
     i.add_argument("manifest", help="manifest file, shard directory or synthesize output dir")
     i.add_argument("--preview", metavar="PNG", help="write a contact sheet of pairs (blurry | sharp)")
     i.add_argument("--preview-count", type=_positive_int, default=8, help="pairs in the contact sheet")

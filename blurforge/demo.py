@@ -47,7 +47,9 @@ def write_demo_photos(directory: Path, max_side: int | None = None) -> list[Path
 
 def write_demo_video(path: Path, frames: int = 40, size: tuple[int, int] = (320, 240), speed: int = 4) -> Path:
     """A camera pan across a bundled photograph (``speed`` px/frame, small vertical shake), as a
-    lossless FFV1 video: the frames job's input, with motion we know."""
+    lossless FFV1 video: the frames job's input, with motion we know. Write it as ``.avi``: a
+    Matroska file carries a random segment id, so its bytes — and the clip's split, a hash of
+    them — would change from run to run."""
     import cv2
     import numpy as np
     from skimage import data
@@ -76,7 +78,7 @@ def run_demo(out: Path, quiet: bool = False, max_side: int | None = None) -> int
     write_demo_photos(photos, max_side)
     print(f"demo: {len(DEMO_PHOTOS)} sample photographs (+1 broken file) -> {photos}")
     small = bool(max_side and max_side < 320)
-    video = write_demo_video(out / "videos" / "pan.mkv", size=(max_side, max_side * 3 // 4) if small else (320, 240))
+    video = write_demo_video(out / "videos" / "pan.avi", size=(max_side, max_side * 3 // 4) if small else (320, 240))
     print(f"demo: a 40-frame camera pan (4 px/frame) -> {video}")
     try:
         import decord  # noqa: F401

@@ -38,9 +38,12 @@ under-reported), decoders that time out or fail mid-stream each become one error
 such a clip contributes no pairs (files it already wrote are removed): a decoder that is wrong
 about the length cannot be trusted about the frames either.
 
-Keys are ``PREFIX/REL_PATH/CENTRE`` (prefix ``frames`` by default); ``seed = seed_for(run_seed,
-key)``; the window of a sample is drawn from ``default_rng([seed, 0])`` when ``--window`` is a
-range (and recorded either way).
+Keys are ``PREFIX/seedSEED/REL_PATH/CENTRE`` (prefix ``frames`` by default; the run seed in the
+key lets runs with other seeds merge); ``seed = seed_for(run_seed, "frames/REL_PATH/CENTRE")``
+(:func:`blurforge.synthesize.sample_seed`: never the key prefix); the window of a sample is drawn
+from ``default_rng([seed, 0])`` when ``--window`` is a range (and recorded either way). Every pair
+of a clip has the ``group`` ``sha256:`` + the SHA-256 of the clip file's bytes, so overlapping
+windows of one clip share a split, whatever the clip is called or where it lies.
 
 Realism (``--noise rsblur``, ``--saturation``; off by default): the blurry average gets RSBlur's
 saturation and camera-pipeline noise in linear signal space, before the response is applied again
@@ -61,8 +64,8 @@ import cv2
 import numpy as np
 
 from blurforge.blur import frames_realism
-from blurforge.seeding import seed_for
-from blurforge.storage import Location
+from blurforge.manifest import SCHEMA_VERSION
+from blurforge.storage import Location, check_separate
 from blurforge.shards import RunSummary, ShardTask, check_run_config, finish_shard, make_tasks, run_shards
 
 RESPONSES = ("srgb", "gamma2.2", "linear")
@@ -180,9 +183,9 @@ class _ClipAverager:
     Holds only the frames (and in-between sums) a pending window still needs.
     """
 
-    def __init__(self, cfg: dict, key_base: str):
+    def __init__(self, cfg: dict, rel: str):
         self.cfg = cfg
-        self.key_base = key_base
+        self.rel = rel  # the clip, relative to --videos
         self.window = tuple(cfg["window"])
         self.half = self.window[1] // 2
         self.stride = cfg["stride"]
@@ -226,8 +229,7 @@ class _ClipAverager:
         return self.between[j]
 
     def render(self, c: int):
-        key = f"{self.key_base}/{c}"
-        seed = seed_for(self.cfg["seed"], key)
+        key, seed = sample_key_seed(self.cfg, self.rel, c)
         n = window_for(seed, self.window)
         h = n // 2
         t = time.perf_counter()
@@ -248,6 +250,13 @@ class _ClipAverager:
         return key, c, n, seed, blurry, self.raw[c]
 
 
+def sample_key_seed(cfg: dict, rel: str, centre: int) -> tuple[str, int]:
+    """The key and seed of the pair centred on frame ``centre`` of the clip ``rel``."""
+    from blurforge.synthesize import sample_key, sample_seed
+
+    return sample_key(cfg["key_prefix"], cfg["seed"], rel, centre), sample_seed(cfg["seed"], "frames", rel, centre)
+
+
 def _png(frame_uint8_rgb: np.ndarray) -> bytes:
     """PNG bytes of an ``H×W×3 uint8`` RGB frame (identical to ``encode_image(frame / 255)``)."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(frame_uint8_rgb, cv2.COLOR_RGB2BGR))
@@ -259,24 +268,25 @@ def _png(frame_uint8_rgb: np.ndarray) -> bytes:
 def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[dict], list[dict], dict]:
     """All pairs of one clip, or an error row. Returns ``(rows, errors, timing)``."""
     from blurforge.imageio import encode_image, sha256_bytes
-    from blurforge.synthesize import sample_name
+    from blurforge.synthesize import sample_key, sample_name, source_group
     from blurforge.video import VideoError, check_length, guarded_frames, open_video
 
     src = Path(cfg["videos"]) / rel
-    key_base = f"{cfg['key_prefix']}/{rel}"
+    key_base = sample_key(cfg["key_prefix"], cfg["seed"], rel)  # the clip's keys without the centre
     rows: list[dict] = []
     written: list[str] = []
     timing = {"decode_s": 0.0, "average_s": 0.0, "interpolate_s": 0.0, "encode_s": 0.0}
     stage = "open"
     frames = None
     try:
+        group = source_group(src)
         clip = open_video(src, cfg["decoder"])
         need = cfg["window"][1]
         if clip.reported_length is not None and clip.reported_length < need:
             raise VideoError(
                 f"{src}: {clip.decoder} reports {clip.reported_length} frames, fewer than the window of {need} — "
                 "use a smaller --window or drop the clip", stage="length")
-        avg = _ClipAverager(cfg, key_base)
+        avg = _ClipAverager(cfg, rel)
         frames = guarded_frames(clip, cfg["frame_timeout"], cfg["clip_timeout"])
         decoded = 0
         size = None
@@ -324,7 +334,7 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[d
                     params["realism"] = realism
                 rows.append({
                     "key": key, "blur_path": blur_rel, "sharp_path": sharp_rel, "split": "train",
-                    "source": "frames", "width": int(sharp.shape[1]), "height": int(sharp.shape[0]),
+                    "group": group, "source": "frames", "width": int(sharp.shape[1]), "height": int(sharp.shape[0]),
                     "seed": seed, "params": json.dumps(params, sort_keys=True),
                     "blur_sha256": sha256_bytes(blur_bytes), "sharp_sha256": sha256_bytes(sharp_bytes),
                 })
@@ -419,6 +429,7 @@ def run_frames(
     if stride < 1:
         raise ValueError(f"--stride must be at least 1, got {stride}")
     realism = _realism_config(noise, noise_preset, saturation)
+    check_separate(out, videos, "--videos")
     items = find_videos(videos)
     if not items:
         raise FileNotFoundError(f"--videos {videos}: no video files found (looked for {', '.join(_exts())})")
@@ -435,6 +446,7 @@ def run_frames(
         "key_prefix": key_prefix,
         "frame_timeout": frame_timeout,
         "clip_timeout": clip_timeout,
+        "manifest_schema": SCHEMA_VERSION,  # keys, seeds and groups of this layout
     }
     if realism:  # only when enabled, so runs without it keep their run.json
         config["realism"] = realism

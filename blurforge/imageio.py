@@ -39,15 +39,35 @@ class ImageReadError(Exception):
             super().__init__(f"{self.path}: {reason}" + (f" — {hint}" if hint else ""))
 
 
-def find_images(directory: str | os.PathLike) -> list[pathlib.Path]:
+def find_images(directory: str | os.PathLike, skipped: list | None = None) -> list[pathlib.Path]:
     """All entries under ``directory`` (recursively) whose extension is in ``IMAGE_EXTENSIONS``
     (case-insensitive), sorted by path; folders are skipped, but broken links and unreadable
     files are kept so that ``read_image`` reports them instead of them silently vanishing.
-    Raises ``NotADirectoryError`` if ``directory`` is not a folder."""
+
+    Folders below ``directory`` that hold a blurforge output (``run.json``, ``manifest/``,
+    ``stats/``; :func:`blurforge.shards.is_output_dir`) are not entered — their pairs must not
+    come back as new inputs — and are appended to ``skipped`` when a list is given. Symlinked
+    folders are not followed. Raises ``NotADirectoryError`` if ``directory`` is not a folder."""
+    from blurforge.shards import is_output_dir
+
     root = pathlib.Path(directory)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory — pass the folder that holds the images")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+    found = []
+    for folder, dirs, files in os.walk(root):
+        keep = []
+        for d in sorted(dirs):
+            path = pathlib.Path(folder, d)
+            if os.path.islink(path):
+                files.append(d)  # a link to a folder: listed like a file, dropped below unless it is broken
+            elif is_output_dir(path):
+                if skipped is not None:
+                    skipped.append(path)
+            else:
+                keep.append(d)
+        dirs[:] = keep
+        found += [pathlib.Path(folder, f) for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(p for p in found if not p.is_dir())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ Layouts (detected from ``path``):
 Rows: ``key = NAME/<blur path relative to root>``, ``source = import:NAME``, ``seed`` null,
 ``split`` from the layout (a path component or list-file name with a ``test`` / ``val`` token,
 else ``train``), ``width``/``height`` from the image headers (Pillow, no decode), both SHA-256s,
-``params`` = JSON with the layout and the original paths.
+``params`` = JSON with the layout and the original paths, and ``group`` = the scene
+(:func:`scene_group`): consecutive frames of one sequence are near-duplicates, so a whole
+sequence shares a split.
 
 Errors (never silently dropped): a blurry image without its sharp partner or the reverse, a
 pair whose two sizes differ, an unreadable or missing file, a malformed list line, a repeated
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -74,6 +77,35 @@ def _find_files(directory: Path) -> dict[str, Path]:
     from blurforge.imageio import find_images
 
     return {p.relative_to(directory).as_posix(): p for p in find_images(directory)}
+
+
+def scene_group(params: dict) -> str | None:
+    """The group of an imported pair, ``scene:<folder>``, from its ``params`` (paths relative to
+    the import root; the import NAME is left out, so ``gopro`` and ``gopro_gamma`` imports of one
+    folder, which share their sharp frames, share their groups):
+
+    - ``gopro``: the sequence folder (``train/GOPR0372_07_00``);
+    - ``reds``: ``X_sharp/SEQ`` as ``X/SEQ`` (``train/000``; ``train_blur`` shares it);
+    - ``list``: the sharp image's folder, stepping over a trailing ``gt``/``sharp``/``target``
+      folder (RealBlur ``RealBlur_J/test/scene001``). A flat list, whose sharp images share one
+      folder, is one group: nothing tells which of its pairs are frames of one scene.
+
+    None when ``params`` lack what is needed.
+    """
+    layout, sharp = params.get("layout"), params.get("sharp")
+    if layout == "gopro" and params.get("sequence") is not None:
+        return f"scene:{params['sequence']}"
+    if not sharp:
+        return None
+    folder = posixpath.dirname(sharp)
+    if layout == "reds" and params.get("sharp_dir"):
+        sharp_dir = params["sharp_dir"]
+        inner = posixpath.relpath(folder, sharp_dir)
+        base = sharp_dir[: -len("_sharp")] if sharp_dir.endswith("_sharp") else sharp_dir
+        return f"scene:{posixpath.normpath(posixpath.join(base, inner))}"
+    if _tokens(posixpath.basename(folder)) & _SHARP_WORDS:
+        folder = posixpath.dirname(folder)
+    return f"scene:{folder or '.'}"
 
 
 def _error(path, message: str, key: str | None = None) -> dict:
@@ -200,7 +232,7 @@ def _row(name: str, root: Path, cand: dict) -> tuple[dict | None, dict | None]:
     split = cand.get("split") or split_from(Path(blur_rel).parent.parts)  # folders, not file names
     return {
         "key": key, "blur_path": blur_rel, "sharp_path": sharp_rel, "split": split,
-        "source": f"import:{name}", "width": int(w), "height": int(h), "seed": None,
+        "group": scene_group(params), "source": f"import:{name}", "width": int(w), "height": int(h), "seed": None,
         "params": json.dumps(params, sort_keys=True),
         "blur_sha256": sha256_file(blur), "sharp_sha256": sha256_file(sharp),
     }, None

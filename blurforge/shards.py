@@ -44,6 +44,17 @@ class ShardTask:
     config: dict = field(default_factory=dict)  # job settings shared by every shard
 
 
+OUTPUT_MARKERS = ("run.json", "manifest", "stats")  # what makes a folder a blurforge output
+
+
+def is_output_dir(path: str | os.PathLike) -> bool:
+    """Whether the local folder ``path`` is a synthesize/frames output (``run.json``, ``manifest/``
+    and ``stats/`` inside): scans for inputs skip such folders, so outputs never become inputs."""
+    p = os.fspath(path)
+    return (os.path.isfile(os.path.join(p, "run.json")) and os.path.isdir(os.path.join(p, "manifest"))
+            and os.path.isdir(os.path.join(p, "stats")))
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
@@ -121,6 +132,11 @@ def check_run_config(out: str | os.PathLike, config: dict) -> None:
         old = json.loads(loc.read_text("run.json"))
         if old != json.loads(text):
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            if "manifest_schema" in diff:
+                raise ValueError(
+                    f"{out}: holds a run of an older blurforge (manifest schema {old.get('manifest_schema', '1')}, "
+                    "keys without the run seed) — finish it with that version, or choose a new --out"
+                )
             raise ValueError(
                 f"{out}: already holds a run with other settings ({', '.join(diff)}) — "
                 "resume with the same command, or choose a new --out"
@@ -197,6 +213,7 @@ class RunSummary:
     errors: int = 0
     seconds: float = 0.0
     stats: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # lines for the user (e.g. output folders skipped in the inputs)
 
     @property
     def rate(self) -> float:

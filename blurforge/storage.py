@@ -10,6 +10,7 @@ Paths inside a location are POSIX paths relative to it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import tempfile
@@ -118,6 +119,34 @@ class Location:
         return n
 
 
+def check_separate(out: Location, input_dir: str | os.PathLike, input_flag: str) -> None:
+    """Refuse an output location inside the input folder (the next run over the inputs would
+    read these outputs as new inputs) or an input folder inside the output (the run would write
+    into what it reads). Non-local outputs cannot overlap a local input folder."""
+    if not out.local:
+        return
+    o, i = Path(os.path.realpath(out.root)), Path(os.path.realpath(input_dir))
+    if o == i or i in o.parents:
+        raise ValueError(
+            f"--out {out.uri} is inside {input_flag} {input_dir}: a later run over {input_dir} would read "
+            f"these outputs as new inputs — choose an --out outside it, e.g. --out {i.parent / (i.name + '-pairs')}"
+        )
+    if o in i.parents:
+        raise ValueError(
+            f"{input_flag} {input_dir} is inside --out {out.uri}: the run would write into the folder it reads — "
+            "choose an --out that does not contain the inputs"
+        )
+
+
+def file_exists(target: str | os.PathLike) -> bool:
+    """Whether a single file, given as a local path or a URI, exists."""
+    text = str(target)
+    if is_uri(text):
+        parent, name = text.rsplit("/", 1)
+        return Location(parent).exists(name)
+    return os.path.exists(text)
+
+
 def write_file(target: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` atomically to a single file given as a local path or a URI."""
     text = str(target)
@@ -127,11 +156,42 @@ def write_file(target: str | os.PathLike, data: bytes) -> str:
     return str(write_local_atomic(Path(text), data))
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc/self/status``);
+    elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(tree: str | os.PathLike) -> None:
+    """Give a freshly written folder and everything in it the modes plain ``open``/``mkdir`` give
+    (``0666``/``0777`` less the umask): for trees written by libraries that create files ``0600``
+    (safetensors writes through a private temp file) before they are renamed into place."""
+    mask = current_umask()
+    for folder, dirs, files in os.walk(tree):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 def write_local_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a local ``path`` through a temp file in the same directory + ``os.replace``."""
+    """Write ``data`` to a local ``path`` through a temp file in the same directory + ``os.replace``.
+    The file gets the mode a plain ``open`` gives (``0666`` less the umask), not ``mkstemp``'s ``0600``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        with contextlib.suppress(OSError):  # filesystems without POSIX modes keep their own
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

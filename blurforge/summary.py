@@ -1,4 +1,5 @@
-"""Manifest summaries for `blurforge inspect`: counts, sizes, kernel statistics, a contact sheet of pairs."""
+"""Manifest summaries for `blurforge inspect`: counts, sizes, kernel statistics, source groups and
+leakage across splits, failed inputs, a contact sheet of pairs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from blurforge.manifest import Manifest
+import pyarrow as pa
+
+from blurforge.manifest import Manifest, leakage, leakage_lines, leakage_report
 
 
 def _stats(values) -> dict:
@@ -18,8 +21,39 @@ def _stats(values) -> dict:
     return {"min": float(a.min()), "mean": float(a.mean()), "max": float(a.max())}
 
 
-def manifest_summary(m: Manifest) -> dict:
-    """Counts by source and split, image sizes and kernel statistics."""
+def errors_summary(errors: pa.Table, limit: int = 5) -> dict:
+    """Failed inputs: how many inputs and error rows (one input can fail once per pair it was to
+    give, or in several runs), rows by stage, and the first ``limit`` distinct failures
+    ``{input, stage, error, rows}`` in table order."""
+    distinct: dict[tuple, int] = {}
+    stages: Counter = Counter()
+    for r in errors.select(["input", "stage", "error"]).to_pylist():
+        distinct[(r["input"], r["stage"], r["error"])] = distinct.get((r["input"], r["stage"], r["error"]), 0) + 1
+        stages[r["stage"]] += 1
+    return {
+        "count": errors.num_rows,
+        "inputs": len({i for i, _, _ in distinct}),
+        "by_stage": dict(sorted(stages.items())),
+        "first": [{"input": i, "stage": st, "error": e, "rows": n} for (i, st, e), n in list(distinct.items())[:limit]],
+        "distinct": len(distinct),
+    }
+
+
+def format_errors(s: dict, where) -> list[str]:
+    """Lines naming the failed inputs of :func:`errors_summary` (none when there are none)."""
+    if not s["count"]:
+        return []
+    stages = ", ".join(f"{k} {v}" for k, v in s["by_stage"].items())
+    rows = f"{s['count']} error rows: " if s["count"] != s["inputs"] else ""
+    shown = f"first {len(s['first'])} shown, " if len(s["first"]) < s["distinct"] else ""
+    lines = [f"{s['inputs']} failed input(s) ({rows}{stages}; {shown}all in {where}):"]
+    lines += [f"  [{r['stage']}] {r['error']}" + (f" (x{r['rows']})" if r["rows"] > 1 else "") for r in s["first"]]
+    return lines
+
+
+def manifest_summary(m: Manifest, errors: pa.Table | None = None) -> dict:
+    """Counts by source and split, image sizes, kernel statistics, source groups and any leakage
+    (:func:`blurforge.manifest.leakage`), and the failed inputs of ``errors`` when given."""
     t = m.table
     sources = t.column("source").to_pylist()
     splits = t.column("split").to_pylist()
@@ -37,10 +71,13 @@ def manifest_summary(m: Manifest) -> dict:
         "distinct_kernels": len(kernels),
         "kernel_length": _stats(lengths),
         "noise": dict(noise),
+        "groups": len(set(t.column("group").to_pylist())),
+        "leakage": leakage_report(leakage(t)),
+        "errors": errors_summary(errors) if errors is not None else None,
     }
 
 
-def format_summary(s: dict, location) -> str:
+def format_summary(s: dict, location, errors_where=None) -> str:
     lines = [f"{location}: {s['pairs']} pairs"]
     lines.append("  source/split       pairs")
     for k, n in s["by_source_split"].items():
@@ -57,6 +94,13 @@ def format_summary(s: dict, location) -> str:
         )
     if s["noise"]:
         lines.append("  noise: " + ", ".join(f"{k} {v}" for k, v in sorted(s["noise"].items())))
+    leaks = leakage_lines(s["leakage"])
+    if not leaks:
+        lines.append(f"  splits: {s['groups']} source group(s), none in more than one split")
+    lines += [f"  {line}" for line in leaks]
+    if s["errors"] is not None:
+        failed = format_errors(s["errors"], errors_where)
+        lines += [f"  {line}" for line in failed] or ["  failed inputs: none"]
     return "\n".join(lines)
 
 

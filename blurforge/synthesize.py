@@ -1,11 +1,14 @@
 """``blurforge synthesize``: paired blurry/sharp images from sharp photos and a kernel bank.
 
-Per sample (key ``PREFIX/REL_PATH/J``):
+Per sample ``j`` of the sharp image ``REL_PATH`` (key ``PREFIX/seedSEED/REL_PATH/J``, PREFIX the mode
+unless ``--key-prefix`` is given; the run seed in the key lets runs with other seeds merge):
 
-1. ``seed = seed_for(run_seed, key)``; parameters are drawn from ``default_rng([seed, 0])``
+1. ``seed = seed_for(run_seed, "MODE/REL_PATH/J")`` (:func:`sample_seed`: the run seed, the
+   source and ``j``, never the key prefix); parameters are drawn from ``default_rng([seed, 0])``
    (kernel id, realism settings), the rendering's own randomness (noise) from
    ``default_rng([seed, 1])`` — so a row's ``seed`` and ``params`` re-render it exactly
-   (``rerender``), whichever worker drew it and in whatever order.
+   (``rerender``), whichever worker drew it and in whatever order. The row's ``group`` is
+   ``sha256:`` + the SHA-256 of the sharp source file's bytes (see :func:`source_group`).
 2. The sharp image is decoded (orientation, alpha, grey and bit depth normalised as
    ``blurforge.imageio.read_image`` documents) and stored losslessly as PNG at its own bit depth,
    so the stored sharp image is exactly the one that was blurred (cropped like the blurry one, see 4).
@@ -39,10 +42,11 @@ from typing import Sequence
 
 import numpy as np
 
-from blurforge.manifest import sha256_file
+from blurforge.manifest import SCHEMA_VERSION, sha256_file
 from blurforge.seeding import seed_for
-from blurforge.storage import Location
-from blurforge.shards import ShardTask, check_run_config, finish_shard, make_tasks, run_shards, RunSummary
+from blurforge.storage import Location, check_separate
+from blurforge.shards import (RunSummary, ShardTask, check_run_config, finish_shard, is_output_dir, make_tasks,
+                              run_shards)
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -76,15 +80,42 @@ def sample_name(key: str) -> str:
     return f"{_SAFE.sub('_', key).strip('_')[:80]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
-def plan_uniform(sharp_dir: Path, pairs_per_image: int, key_prefix: str) -> list[tuple[str, str]]:
-    """Work items ``(key, relative sharp path)``, sorted, one per (image, j)."""
+def sample_key(prefix: str, run_seed: int, rel: str, index: int | None = None) -> str:
+    """A pair's key, ``PREFIX/seedSEED/REL/INDEX``: unique across runs with different seeds
+    (without ``index``: the stem shared by the keys of the source ``rel``, for its error rows)."""
+    stem = f"{prefix}/seed{int(run_seed)}/{rel}"
+    return stem if index is None else f"{stem}/{index}"
+
+
+def sample_seed(run_seed: int, source: str, rel: str, index: int) -> int:
+    """A pair's seed from the run seed, the kind of pair (``uniform``, ``nonuniform``, ``frames``),
+    its source (path relative to the input folder) and its index there (``j``, or the centre
+    frame) — not from the key, so ``--key-prefix`` never changes what is drawn."""
+    return seed_for(run_seed, f"{source}/{rel}/{index}")
+
+
+def source_group(path: str | Path) -> str:
+    """The group of every pair made from the file ``path``: ``sha256:`` + the SHA-256 of its bytes.
+
+    The file's bytes, not its decoded pixels: anyone can recompute it (``sha256sum``), and it does
+    not move with decoder versions (JPEG decoders differ in the last bit), so the same photo gets
+    the same group on every machine of a cluster and in every later run. A re-encoded copy of a
+    photo is a different file and a different group; ``blurforge.manifest.leakage`` still flags a
+    lossless copy, whose stored sharp image is identical."""
+    return f"sha256:{sha256_file(path)}"
+
+
+def plan_uniform(sharp_dir: Path, pairs_per_image: int, key_prefix: str, run_seed: int,
+                 skipped: list | None = None) -> list[tuple[str, str, int]]:
+    """Work items ``(key, relative sharp path, j)``, sorted, one per (image, j). Folders under
+    ``sharp_dir`` holding blurforge outputs are not scanned (appended to ``skipped``)."""
     from blurforge.imageio import find_images
 
     items = []
-    for p in find_images(sharp_dir):
+    for p in find_images(sharp_dir, skipped=skipped):
         rel = p.relative_to(sharp_dir).as_posix()
         for j in range(pairs_per_image):
-            items.append((f"{key_prefix}/{rel}/{j}", rel))
+            items.append((sample_key(key_prefix, run_seed, rel, j), rel, j))
     return items
 
 
@@ -131,7 +162,7 @@ def synthesize_worker(task: ShardTask) -> dict:
     decoded: dict[str, tuple] = {}  # a shard holds all pairs of an image together: decode once
     segmented: dict[str, list] = {}  # ... and segment once (masks depend on the image only)
 
-    for key, rel in task.items:
+    for key, rel, j in task.items:
         src = sharp_root / rel
         stage = "read"
         try:
@@ -139,6 +170,7 @@ def synthesize_worker(task: ShardTask) -> dict:
             if rel not in decoded:
                 decoded.clear()
                 decoded[rel] = read_image(src)
+                group = source_group(src)
             sharp, info = decoded[rel]
             h, w = sharp.shape[:2]
             if h < ksize or w < ksize:
@@ -148,7 +180,7 @@ def synthesize_worker(task: ShardTask) -> dict:
                 )
             timing["decode_s"] += time.perf_counter() - t
 
-            seed = seed_for(cfg["seed"], key)
+            seed = sample_seed(cfg["seed"], cfg["mode"], rel, j)
             if nonuniform:
                 from blurforge.nonuniform import sample_nonuniform_params
 
@@ -196,6 +228,7 @@ def synthesize_worker(task: ShardTask) -> dict:
                     "blur_path": blur_rel,
                     "sharp_path": sharp_rel,
                     "split": "train",
+                    "group": group,
                     "source": "nonuniform" if nonuniform else "uniform",
                     "width": blurry.shape[1],
                     "height": blurry.shape[0],
@@ -373,6 +406,12 @@ def run_synthesize(
     from blurforge.blur import check_noise_options
 
     check_noise_options(noise, noise_preset)
+    if is_output_dir(sharp):
+        raise ValueError(
+            f"--sharp {sharp} is a blurforge output folder (run.json, manifest/, stats/): its images are pairs, "
+            f"not sharp photos — point --sharp at the photos, or at {sharp / 'sharp'} to blur its sharp images again"
+        )
+    check_separate(out, sharp, "--sharp")
     _bank(str(kernels.resolve()))  # fail early, in the driver, on a bad bank
     config = {
         "mode": mode,
@@ -387,19 +426,31 @@ def run_synthesize(
         "shard_size": shard_size,
         "key_prefix": key_prefix or mode,
         "borders": borders,
+        "manifest_schema": SCHEMA_VERSION,  # keys, seeds and groups of this layout
     }
     if noise != "none":  # only with noise, so runs without it keep their run.json
         config["noise_preset"] = noise_preset
     if mode == "nonuniform":
         config["segmenter"] = _segmenter_settings(segmenter, sam2_config, sam2_checkpoint, device, max_objects)
-    items = plan_uniform(sharp, pairs_per_image, config["key_prefix"])
+    skipped: list = []
+    items = plan_uniform(sharp, pairs_per_image, config["key_prefix"], seed, skipped=skipped)
     if not items:
         raise FileNotFoundError(f"--sharp {sharp}: no images found (looked for common image extensions)")
     out.makedirs()
     check_run_config(out.uri, config)
     tasks = make_tasks(items, shard_size, out.uri, config)
-    return run_shards(synthesize_worker, tasks, workers=workers, progress=progress, desc="synthesize",
-                      backend=backend, ray_address=ray_address, retries=retries)
+    summary = run_shards(synthesize_worker, tasks, workers=workers, progress=progress, desc="synthesize",
+                         backend=backend, ray_address=ray_address, retries=retries)
+    summary.notes += skipped_note(skipped, "--sharp")
+    return summary
+
+
+def skipped_note(skipped: Sequence, flag: str) -> list[str]:
+    """The line telling which blurforge output folders an input scan left out (none: no line)."""
+    if not skipped:
+        return []
+    names = ", ".join(str(p) for p in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    return [f"skipped {len(skipped)} blurforge output folder(s) inside {flag}: {names}"]
 
 
 def _segmenter_settings(name: str, sam2_config: str | None, sam2_checkpoint, device: str, max_objects: int) -> dict:

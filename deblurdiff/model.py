@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 
+from blurforge.storage import apply_umask
 from deblurdiff.lkpn import LKPN
 
 VARIANTS = ("lkpn", "blurry", "lkpn-direct", "lkpn-static")
@@ -316,6 +317,7 @@ class DeblurDiff(torch.nn.Module):
                 "versions": _versions(),
             }
             (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
+            apply_umask(tmp)  # mkdtemp makes the folder 0700 and safetensors its files 0600: owner-only
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")

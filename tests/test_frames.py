@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -161,7 +162,7 @@ def test_bad_clips_become_error_rows(tmp_path):
         assert errs["text.mp4"]["stage"] == errs["empty.avi"]["stage"] == "open"
         assert errs["damaged.mkv"]["stage"] in ("decode", "length")
         for name, e in errs.items():
-            assert name in e["error"] and e["key"] == f"frames/{name}"
+            assert name in e["error"] and e["key"] == f"frames/seed0/{name}"
         # the files of dropped clips are removed; every listed file exists
         files = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
         listed = {r[c] for r in rows_by_key(out).values() for c in ("blur_path", "sharp_path")}
@@ -228,13 +229,15 @@ def test_rows_keys_seeds_and_window_ranges(tmp_path):
     out = tmp_path / "out"
     s = run_frames(tmp_path / "v", out, seed=5, window="3:9", stride=4, interpolate=1, progress=False)
     rows = rows_by_key(out)
+    clip_group = "sha256:" + hashlib.sha256((tmp_path / "v" / "sub" / "pan.mkv").read_bytes()).hexdigest()
     centres = sorted(json.loads(r["params"])["centre"] for r in rows.values())
     assert centres == list(range(4, 36, 4)) and s.pairs == len(centres)  # H = 9 // 2, c + H < 40
     windows = set()
     for key, r in rows.items():
         p = json.loads(r["params"])
-        assert key == f"frames/sub/pan.mkv/{p['centre']}"
-        assert r["source"] == "frames" and r["seed"] == seed_for(5, key)
+        assert key == f"frames/seed5/sub/pan.mkv/{p['centre']}"  # the run seed in the key: runs merge
+        assert r["source"] == "frames" and r["seed"] == seed_for(5, f"frames/sub/pan.mkv/{p['centre']}")
+        assert r["group"] == clip_group  # every window of the clip shares its split
         assert p["window"] in (3, 5, 7, 9) and p["frames"] == list(range(p["centre"] - p["window"] // 2,
                                                                             p["centre"] + p["window"] // 2 + 1))
         assert p["virtual_frames"] == p["window"] + (p["window"] - 1) * 1
@@ -291,3 +294,10 @@ def test_resume_after_partial_run_matches_a_full_run(tmp_path):
     assert not list(out.rglob("*.tmp"))
     with pytest.raises(ValueError, match="other settings"):
         run_frames(d, out, **{**kw, "window": 5})
+
+
+def test_out_inside_videos_is_refused(tmp_path):
+    make_clip(tmp_path / "v" / "pan.mkv", v=1, n=8)
+    with pytest.raises(ValueError, match=r"--out .*frames is inside --videos .*v: .*choose an --out outside it"):
+        run_frames(tmp_path / "v", tmp_path / "v" / "frames", seed=0, window=3, progress=False)
+    assert not (tmp_path / "v" / "frames").exists()

@@ -47,6 +47,10 @@ def test_gopro_layout(tmp_path):
     assert sum(r["split"] == "train" for r in rows.values()) == 4
     gamma, _, _ = import_pairs("gopro_gamma", root, blur_dirs=("blur_gamma",))
     assert all("/blur_gamma/" in p for p in gamma.column("blur_path").to_pylist()) and gamma.num_rows == 6
+    # a sequence is a group, whichever blurry set was imported (they share the sharp frames)
+    assert r["group"] == "scene:train/GOPR0001"
+    assert {g.split("/")[-1] for g in table.column("group").to_pylist()} == {"GOPR0001", "GOPR0002", "GOPR0100"}
+    assert sorted(gamma.column("group").to_pylist()) == sorted(table.column("group").to_pylist())
 
 
 def test_reds_layout(tmp_path):
@@ -63,6 +67,7 @@ def test_reds_layout(tmp_path):
     assert len(rows) == 8
     r = rows["reds/val_blur/001/00000001.png"]
     assert r["sharp_path"] == "val_sharp/001/00000001.png" and r["split"] == "val"
+    assert r["group"] == "scene:val/001" and rows["reds/train_blur/001/00000000.png"]["group"] == "scene:train/001"
     assert json.loads(r["params"])["layout"] == "reds"
     assert rows["reds/train_blur/000/00000000.png"]["split"] == "train"
 
@@ -84,6 +89,8 @@ def test_list_file_with_extra_columns_comments_and_gt_first(tmp_path):
     assert len(rows) == 4
     r = rows["realblur_j/RealBlur_J/test/scene002/blur/blur_1.png"]
     assert r["sharp_path"] == "RealBlur_J/test/scene002/gt/gt_1.png" and r["split"] == "test"
+    assert r["group"] == "scene:RealBlur_J/test/scene002"  # the scene folder, above gt/
+    assert len(set(table.column("group").to_pylist())) == 2
     p = json.loads(r["params"])
     assert p["columns"] == "sharp,blur" and p["list"] == "RealBlur_J_test_list.txt" and p["line"] == 5
 

@@ -5,21 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from blurforge.cli import main
 from blurforge.manifest import MANIFEST_SCHEMA, ManifestError, read_manifest, split_for
+from conftest import write_png
 
 
 @pytest.fixture(scope="module")
 def two_runs(photos_dir, small_bank, tmp_path_factory):
+    """Two uniform runs over the same photos with different seeds (no --key-prefix needed)."""
     root = tmp_path_factory.mktemp("runs")
-    for prefix, seed in (("a", 1), ("b", 2)):
+    for name, seed in (("a", 1), ("b", 2)):
         assert main(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out",
-                     str(root / prefix), "--seed", str(seed), "--key-prefix", prefix, "--pairs-per-image", "3",
-                     "--quiet"]) == 0
+                     str(root / name), "--seed", str(seed), "--pairs-per-image", "3", "--quiet"]) == 0
     return root
 
 
@@ -30,14 +33,12 @@ def test_build_manifest_merges_with_relative_paths_and_splits(two_runs, tmp_path
     assert "24 pairs from 2 input(s)" in capsys.readouterr().out
     m = read_manifest(out)
     assert len(m) == 24 and m.table.schema.equals(MANIFEST_SCHEMA)
-    assert pq.read_schema(out).metadata[b"blurforge.schema_version"] == b"1"
+    assert pq.read_schema(out).metadata[b"blurforge.schema_version"] == b"2"
     for r in m.table.to_pylist():
         assert not Path(r["blur_path"]).is_absolute() and "\\" not in r["blur_path"]
         assert m.abspath(r["blur_path"]).is_file() and m.abspath(r["sharp_path"]).is_file()
-        assert r["split"] == split_for(r["key"], 0.25, 0.25)
-    splits = set(m.table.column("split").to_pylist())
-    assert splits == {"train", "val", "test"}
-    # splits are a function of the key alone: merging in another order gives the same manifest
+        assert r["split"] == split_for(r["group"], 0.25, 0.25)
+    # splits are a function of the group alone: merging in another order gives the same manifest
     out2 = tmp_path / "manifest2.parquet"
     assert main(["build-manifest", str(two_runs / "b"), str(two_runs / "a"), "--out", str(out2),
                  "--val-fraction", "0.25", "--test-fraction", "0.25", "--quiet"]) == 0
@@ -46,12 +47,40 @@ def test_build_manifest_merges_with_relative_paths_and_splits(two_runs, tmp_path
     assert t2.column("split").to_pylist() == m.table.column("split").to_pylist()
 
 
-def test_duplicate_keys_are_rejected(two_runs, tmp_path, capsys):
+def test_runs_of_one_mode_merge_and_key_prefix_changes_names_only(two_runs, photos_dir, small_bank, tmp_path):
+    """Different seeds merge without --key-prefix; a prefix renames keys but draws the same kernels."""
+    m = read_manifest(two_runs / "a")
+    assert all(k.startswith("uniform/seed1/") for k in m.table.column("key").to_pylist())
+    out = tmp_path / "p"
+    assert main(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out", str(out),
+                 "--seed", "1", "--pairs-per-image", "3", "--key-prefix", "mine", "--quiet"]) == 0
+    plain = {r["key"]: r for r in m.table.to_pylist()}
+    prefixed = {r["key"].replace("mine/", "uniform/", 1): r for r in read_manifest(out).table.to_pylist()}
+    assert plain.keys() == prefixed.keys()
+    for k, r in plain.items():
+        assert (r["seed"], r["params"], r["blur_sha256"]) == (prefixed[k]["seed"], prefixed[k]["params"],
+                                                               prefixed[k]["blur_sha256"])
+    assert main(["build-manifest", str(two_runs / "a"), str(out), "--out", str(tmp_path / "m.parquet"),
+                 "--quiet"]) == 0
+
+
+def test_same_run_twice_and_clashing_keys_are_refused(two_runs, photos_dir, small_bank, tmp_path, capsys):
     assert main(["build-manifest", str(two_runs / "a"), str(two_runs / "a"), "--out",
                  str(tmp_path / "m.parquet")]) == 2
     err = capsys.readouterr().err
-    assert "duplicate key 'a/" in err and "--key-prefix" in err
+    assert "the same pair 'uniform/seed1/" in err and "given twice" in err
     assert not (tmp_path / "m.parquet").exists()
+    # the same seed over another folder whose files have the same names: a clash, fixed by a key prefix
+    other = tmp_path / "other"
+    other.mkdir()
+    for p in sorted(photos_dir.glob("*.png")):
+        write_png(other / p.name, np.ascontiguousarray(cv2.imread(str(p))[::-1, :, ::-1]))
+    assert main(["synthesize", "--sharp", str(other), "--kernels", str(small_bank), "--out", str(tmp_path / "o"),
+                 "--seed", "1", "--pairs-per-image", "3", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["build-manifest", str(two_runs / "a"), str(tmp_path / "o"), "--out", str(tmp_path / "m.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "duplicate key 'uniform/seed1/" in err and "naming different images" in err and "--key-prefix" in err
 
 
 def test_verify_catches_a_changed_file(two_runs, tmp_path, capsys):
@@ -80,9 +109,9 @@ def test_schema_problems_name_the_file_and_fix(tmp_path, capsys):
         read_manifest(partial)
     future = tmp_path / "future.parquet"
     t = with_metadata(MANIFEST_SCHEMA.empty_table(), "manifest")
-    t = t.replace_schema_metadata({**t.schema.metadata, b"blurforge.schema_version": b"2"})
+    t = t.replace_schema_metadata({**t.schema.metadata, b"blurforge.schema_version": b"3"})
     pq.write_table(t, future)
-    with pytest.raises(ManifestError, match="schema version '2'"):
+    with pytest.raises(ManifestError, match="schema version '3'"):
         read_manifest(future)
     assert main(["inspect", str(tmp_path / "missing.parquet")]) == 2
     assert "no such manifest" in capsys.readouterr().err
@@ -117,6 +146,14 @@ def test_kernels_cli_writes_bank_and_preview(tmp_path, capsys):
     bank = read_bank(out)
     assert len(bank) == 12 and bank.kernel(bank.ids[0]).shape == (31, 31)
     assert cv2.imread(str(tmp_path / "k.png")) is not None
+    # an existing bank is kept unless --overwrite: pairs made with it name its kernels
+    before = out.read_bytes()
+    assert main(["kernels", "--count", "3", "--seed", "6", "--size", "31", "--out", str(out), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["kernels", "--count", "3", "--seed", "6", "--size", "31", "--out", str(out), "--overwrite",
+                 "--quiet"]) == 0
+    assert len(read_bank(out)) == 3
+    capsys.readouterr()
     assert main(["kernels", "--count", "2", "--size", "30", "--out", str(tmp_path / "e.parquet"), "--quiet"]) == 2
     assert "odd" in capsys.readouterr().err
 

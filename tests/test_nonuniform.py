@@ -452,7 +452,7 @@ def test_nonuniform_rows_record_objects_and_rerender_exactly(photos_dir, small_b
         sharp, _ = read_image(out / row["sharp_path"])
         assert sharp.shape == blurry.shape
     assert max(n_objects) >= 2  # photographs do get several objects
-    a, b = rows_of(out)["nonuniform/astronaut.png/0"], rows_of(out)["nonuniform/astronaut.png/1"]
+    a, b = rows_of(out)["nonuniform/seed7/astronaut.png/0"], rows_of(out)["nonuniform/seed7/astronaut.png/1"]
     pa_, pb = json.loads(a["params"]), json.loads(b["params"])
     assert [o["mask"] for o in pa_["objects"]] == [o["mask"] for o in pb["objects"]]  # segmented once
     assert [o["kernel_id"] for o in pa_["objects"]] != [o["kernel_id"] for o in pb["objects"]]  # own kernels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pyarrow.dataset as ds
 
 from blurforge.cli import main
 from blurforge.manifest import read_errors, read_manifest, sha256_file
+from blurforge.seeding import seed_for
 from conftest import photo, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +52,9 @@ def test_uniform_pairs_are_readable_and_consistent(photos_dir, small_bank, tmp_p
         # a blurred photograph has less high-frequency energy than its sharp original
         lap = lambda x: cv2.Laplacian(x.astype(np.float32), cv2.CV_32F).var()  # noqa: E731
         assert lap(blur) < lap(sharp)
-    # the two pairs drawn from one image differ (own seeds)
-    a, b = rows["uniform/astronaut.png/0"], rows["uniform/astronaut.png/1"]
+    # the two pairs drawn from one image differ (own seeds: run seed, mode, photo, j)
+    a, b = rows["uniform/seed7/astronaut.png/0"], rows["uniform/seed7/astronaut.png/1"]
+    assert a["seed"] == seed_for(7, "uniform/astronaut.png/0") and b["seed"] == seed_for(7, "uniform/astronaut.png/1")
     assert a["seed"] != b["seed"] and a["blur_sha256"] != b["blur_sha256"]
     # ... and each sharp image is the source cropped by its own kernel's reach (valid borders)
     source = cv2.imread(str(photos_dir / "astronaut.png"))
@@ -61,6 +64,10 @@ def test_uniform_pairs_are_readable_and_consistent(photos_dir, small_bank, tmp_p
         assert (r["width"], r["height"]) == (96 - c["left"] - c["right"], 64 - c["top"] - c["bottom"])
         cropped = source[c["top"] : 64 - c["bottom"], c["left"] : 96 - c["right"]]
         assert np.array_equal(cv2.imread(str(m.abspath(r["sharp_path"]))), cropped)
+    # ... and share their group: the SHA-256 of the photo file's bytes
+    photo_hash = hashlib.sha256((photos_dir / "astronaut.png").read_bytes()).hexdigest()
+    assert a["group"] == b["group"] == f"sha256:{photo_hash}"
+    assert len({r["group"] for r in rows.values()}) == 4
     assert read_errors(out).num_rows == 0
 
 
@@ -81,6 +88,8 @@ def test_seed_changes_the_output(photos_dir, small_bank, tmp_path):
     assert main(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out", str(b),
                  "--seed", "8", "--quiet"]) == 0
     ra, rb = table_by_key(a), table_by_key(b)
+    assert not ra.keys() & rb.keys(), "keys carry the run seed"
+    rb = {k.replace("/seed8/", "/seed7/"): r for k, r in rb.items()}
     assert any(ra[k]["blur_sha256"] != rb[k]["blur_sha256"] for k in ra)
 
 
@@ -155,6 +164,16 @@ def test_resume_refuses_other_settings(photos_dir, small_bank, tmp_path, capsys)
     assert "other settings (noise, noise_preset)" in capsys.readouterr().err
 
 
+def test_resuming_a_run_of_an_older_schema_is_refused(photos_dir, small_bank, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert synth(photos_dir, small_bank, out) == 0
+    run = json.loads((out / "run.json").read_text())
+    del run["manifest_schema"]  # as written before keys carried the run seed
+    (out / "run.json").write_text(json.dumps(run))
+    assert synth(photos_dir, small_bank, out) == 2
+    assert "older blurforge (manifest schema 1" in capsys.readouterr().err
+
+
 def test_missing_inputs_give_clear_errors(photos_dir, small_bank, tmp_path, capsys):
     assert synth(tmp_path / "nope", small_bank, tmp_path / "o") == 2
     assert "not a directory of sharp images" in capsys.readouterr().err
@@ -200,3 +219,65 @@ def test_kill_and_resume_matches_uninterrupted_run(small_bank, tmp_path):
     assert not list(out.rglob("*.tmp"))
     files = sorted(p.relative_to(out) for p in out.rglob("*.png"))
     assert files == sorted(p.relative_to(ref) for p in ref.rglob("*.png"))
+
+
+def test_out_inside_the_inputs_is_refused_and_old_outputs_are_skipped(photos_dir, small_bank, tmp_path, capsys):
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(photos_dir, photos)
+    # --out inside --sharp: refused, naming both and the fix; nothing written
+    assert synth(photos, small_bank, photos / "out") == 2
+    err = capsys.readouterr().err
+    assert f"--out {photos / 'out'} is inside --sharp {photos}" in err and "choose an --out outside it" in err
+    assert not (photos / "out").exists()
+    # --sharp inside --out: refused too
+    assert synth(photos, small_bank, tmp_path) == 2
+    assert "inside --out" in capsys.readouterr().err
+    # an earlier output that ended up inside the photo folder is not read as new photos: 4 pairs, not 4 + 8
+    assert synth(photos, small_bank, tmp_path / "first", "--pairs-per-image", 2) == 0
+    shutil.move(tmp_path / "first", photos / "first")
+    capsys.readouterr()
+    assert synth(photos, small_bank, tmp_path / "second") == 0
+    captured = capsys.readouterr()
+    assert "4 pairs, 0 errors" in captured.out
+    assert f"skipped 1 blurforge output folder(s) inside --sharp: {photos / 'first'}" in captured.err
+    assert {json.loads(r["params"])["input"] for r in table_by_key(tmp_path / "second").values()} == {
+        p.name for p in photos_dir.glob("*.png")}
+    # pointing --sharp at an output folder itself is refused with the fix
+    assert synth(photos / "first", small_bank, tmp_path / "third") == 2
+    assert "is a blurforge output folder" in capsys.readouterr().err
+
+
+def test_failed_inputs_are_named_at_the_end_and_by_inspect(photos_dir, small_bank, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "photos"
+    shutil.copytree(photos_dir, d)
+    (d / "notes.png").write_text("not an image")
+    write_png(d / "tiny.png", photo("coffee", (8, 8)))
+    out = tmp_path / "out"
+    assert synth(d, small_bank, out, "--shard-size", 2) == 0
+    err = capsys.readouterr().err
+    assert f"synthesize: 2 failed input(s) (read 2; all in {out}/errors):" in err
+    assert f"{d / 'notes.png'}:" in err and "smaller than the 15x15 kernels" in err
+    # an input that fails once per pair it was to give is one failed input
+    assert synth(d, small_bank, tmp_path / "three", "--pairs-per-image", 3) == 0
+    err = capsys.readouterr().err
+    assert f"2 failed input(s) (6 error rows: read 6; all in {tmp_path / 'three'}/errors):" in err
+    assert err.count("notes.png") == 1 and "(x3)" in err
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"2 failed input(s) (read 2; all in {out / 'errors'}):" in text and "notes.png" in text
+    # build-manifest carries them beside the merged manifest, and inspect finds them there
+    m = tmp_path / "m" / "all.parquet"
+    assert main(["build-manifest", str(out), "--out", str(m), "--quiet"]) == 0
+    assert "2 error row(s) ->" in capsys.readouterr().out
+    assert main(["inspect", str(m), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["errors"]["count"] == s["errors"]["inputs"] == 2 and s["errors"]["by_stage"] == {"read": 2}
+    assert {Path(e["input"]).name for e in s["errors"]["first"]} == {"notes.png", "tiny.png"}
+    # a clean output says so
+    assert synth(photos_dir, small_bank, tmp_path / "clean") == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "clean")]) == 0 and "failed inputs: none" in capsys.readouterr().out

@@ -262,11 +262,18 @@ PNG_LEVELS = range(0, 13)  # libdeflate levels: 0 stores (no compression), 12 is
 DEFAULT_PNG_LEVEL = 1  # the fastest level that compresses
 
 
-def png_encoder() -> str:
-    """Names the PNG encoder and its version; the bytes it writes depend on both (the pixels not)."""
+def png_settings(level: int | None = None) -> dict:
+    """A job's PNG settings as recorded in its ``run.json``: ``{"level": L, "encoder": "..."}``.
+
+    The encoder string names the libdeflate binding and its version: the bytes written depend on
+    both (the pixels do not), so a job resumed with another version is refused rather than
+    silently mixing two encodings. Raises ``ValueError`` for a level outside 0–12."""
     import deflate
 
-    return f"blurforge sub-filter + libdeflate (deflate {getattr(deflate, '__version__', '?')})"
+    level = DEFAULT_PNG_LEVEL if level is None else level
+    if isinstance(level, bool) or level not in PNG_LEVELS:
+        raise ValueError(f"--png-level must be an integer in 0..12 (libdeflate levels), got {level!r}")
+    return {"level": int(level), "encoder": f"sub-filter + libdeflate (deflate {getattr(deflate, '__version__', '?')})"}
 
 
 def encode_image(
@@ -283,7 +290,7 @@ def encode_image(
     ``fmt="png"`` with ``bit_depth`` 8 or 16 and ``png_level`` (libdeflate level 0–12, see
     ``PNG_LEVELS``; lossless at every level); ``fmt="jpg"``/``"jpeg"`` is 8-bit only, with
     ``jpeg_quality`` 1–100 (default 95). The output is deterministic for given library
-    versions (``png_encoder()``), so its SHA-256 identifies the content.
+    versions (``png_settings()``), so its SHA-256 identifies the content.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3:

@@ -105,7 +105,7 @@ def render_blurry(sharp_srgb: np.ndarray, kernel: np.ndarray, params: dict, seed
 
 def synthesize_worker(task: ShardTask) -> dict:
     """Pure shard worker: reads sharp images, renders pairs, writes images then the shard tables."""
-    from blurforge.imageio import ImageReadError, encode_image, read_image, sha256_bytes
+    from blurforge.imageio import DEFAULT_PNG_LEVEL, ImageReadError, encode_image, read_image, sha256_bytes
 
     cfg = task.config
     out = Location(task.out)
@@ -166,9 +166,12 @@ def synthesize_worker(task: ShardTask) -> dict:
             stage = "encode"
             t = time.perf_counter()
             jpeg = params["realism"].get("jpeg_quality")
-            blur_bytes = encode_image(blurry, bit_depth=8 if jpeg else info["bit_depth"], fmt="jpg" if jpeg else "png",
-                                      jpeg_quality=jpeg)
-            sharp_bytes = encode_image(sharp, bit_depth=info["bit_depth"], fmt="png")
+            png_level = cfg.get("png", {}).get("level", DEFAULT_PNG_LEVEL)
+            if jpeg:
+                blur_bytes = encode_image(blurry, bit_depth=8, fmt="jpg", jpeg_quality=jpeg)
+            else:
+                blur_bytes = encode_image(blurry, bit_depth=info["bit_depth"], png_level=png_level)
+            sharp_bytes = encode_image(sharp, bit_depth=info["bit_depth"], png_level=png_level)
             name = sample_name(key)
             blur_rel = f"blur/{task.shard}/{name}.{'jpg' if jpeg else 'png'}"
             sharp_rel = f"sharp/{task.shard}/{name}.png"
@@ -235,13 +238,18 @@ def run_synthesize(
     sam2_checkpoint: str | Path | None = None,
     device: str = "cpu",
     max_objects: int = 6,
+    png_level: int | None = None,
 ) -> RunSummary:
     """Plan, run (resuming finished shards) and summarise a synthesize job.
 
     ``mode="nonuniform"`` segments each image with ``segmenter`` (``"classical"``, or ``"sam2"``
     with ``sam2_checkpoint``, a file matching ``sam2_config``, run on ``device``) and gives up to
     ``max_objects`` objects per image their own kernels; these settings are ignored in uniform mode.
+    ``png_level``: libdeflate level of the PNG files (0–12, default ``DEFAULT_PNG_LEVEL``; lossless
+    at every level — it trades file size for time).
     """
+    from blurforge.imageio import png_settings
+
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     sharp, kernels, out = Path(sharp), Path(kernels), Location(out)
@@ -266,6 +274,7 @@ def run_synthesize(
         "pairs_per_image": pairs_per_image,
         "shard_size": shard_size,
         "key_prefix": key_prefix or mode,
+        "png": png_settings(png_level),
     }
     if mode == "nonuniform":
         config["segmenter"] = _segmenter_settings(segmenter, sam2_config, sam2_checkpoint, device, max_objects)

@@ -36,7 +36,7 @@ MIX = {"uniform": 100_000, "nonuniform": 100_000, "frames REDS-like": 200_000, "
 
 
 def make_inputs(root: Path, images: int, width: int, height: int, kernel_size: int, frames: int,
-                imports: int) -> dict:
+                imports: int, fourcc: str = "FFV1", ext: str = "mkv") -> dict:
     import cv2
     import numpy as np
     from skimage import data
@@ -57,7 +57,7 @@ def make_inputs(root: Path, images: int, width: int, height: int, kernel_size: i
     write_bank(generate_bank(256, seed=0, size=kernel_size, progress=False, workers=1), bank)
     videos = root / "videos"
     videos.mkdir()
-    write_clip(videos / "clip.mkv", width, height, frames, "FFV1")
+    write_clip(videos / f"clip.{ext}", width, height, frames, fourcc)
     pairs = root / "pairs" / "train" / "seq0"  # GoPro layout: SEQ/blur/*.png + SEQ/sharp/*.png
     for d in ("blur", "sharp"):
         (pairs / d).mkdir(parents=True)
@@ -166,6 +166,32 @@ def scaling(inputs: dict, root: Path, backends: list[str]) -> None:
               f"{'yes' if same else 'NO':>11}")
 
 
+def print_mix_table(best: dict[str, dict], versions: list[str]) -> None:
+    """Per path: CPU s per pair, pairs/s per core and core-hours of its share of the mix, per version."""
+    cells = [("s/pair", 14, "{:.3f}"), ("pairs/s/core", 19, "{:.2f}"), ("core-h", 13, "{:.1f}")]
+    head = f"| {'path':<17} | {'mix pairs':>9} |" + "".join(
+        f" {v + ' ' + name:>{w}} |" for v in versions for name, w, _ in cells)
+    compare = "before" in versions
+    head += f" {'speed-up':>8} |" if compare else ""
+    print(head)
+    print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
+    totals = dict.fromkeys(versions, 0.0)
+    for path, n in [*MIX.items(), ("500k mix", sum(MIX.values()))]:
+        line = f"| {path:<17} | {n:>9,} |"
+        cost = {}
+        for v in versions:
+            if path in MIX:
+                cost[v] = best[v][path]["cpu"] / best[v][path]["pairs"]
+                totals[v] += n * cost[v] / 3600
+                values = (cost[v], 1 / cost[v], n * cost[v] / 3600)
+            else:  # the total row: core-hours only; its speed-up compares the totals
+                cost[v] = totals[v]
+                values = (None, None, totals[v])
+            line += "".join(f" {'' if x is None else fmt.format(x):>{w}} |" for x, (_, w, fmt) in zip(values, cells))
+        line += f" {cost['before'] / cost['after']:>7.2f}x |" if compare else ""
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -176,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel-size", type=int, default=63)
     ap.add_argument("--frames", type=int, default=26, help="frames of the clip (REDS-like pairs: (frames - 1) // 5)")
     ap.add_argument("--imports", type=int, default=24, help="pairs in the imported folder")
+    ap.add_argument("--fourcc", default="FFV1", help="codec of the clip (FFV1: lossless, slow to decode; MJPG, mp4v)")
+    ap.add_argument("--ext", default="mkv", help="container of the clip (mkv for FFV1, avi for MJPG, mp4 for mp4v)")
     ap.add_argument("--repeats", type=int, default=1, help="alternating passes per version (lowest CPU kept)")
     ap.add_argument("--scaling", action="store_true", help="also time 1 and 2 workers, local and Ray")
     ap.add_argument("--backends", default="local,ray")
@@ -188,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
         inputs = make_inputs(root / "in", args.images, args.width, args.height, args.kernel_size, args.frames,
-                             args.imports)
+                             args.imports, args.fourcc, args.ext)
         inputs["n_imports"] = args.imports
         load = os.getloadavg()[0]
         best: dict[str, dict] = {v: {} for v in versions}
@@ -201,35 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                           if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
             else platform.processor()
-        print(f"\n{args.width}x{args.height}, {args.kernel_size}x{args.kernel_size} kernels; one single-threaded worker; "
+        print(f"\n{args.width}x{args.height}, {args.kernel_size}x{args.kernel_size} kernels, {args.fourcc} clip; "
+              f"one single-threaded worker; "
               f"CPU s per pair, lowest of {args.repeats}; machine: {cpu_model}, {os.cpu_count()} CPUs, "
               f"load average {load[0]:.1f} -> {load[1]:.1f}")
-        head = f"| {'path':<17} | {'mix pairs':>9} |"
-        for v in versions:
-            head += f" {v + ' s/pair':>14} | {v + ' pairs/s/core':>19} | {v + ' core-h':>13} |"
-        if "before" in versions:
-            head += f" {'speed-up':>8} |"
-        print(head)
-        print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|")
-        totals = {v: 0.0 for v in versions}
-        for path, n in MIX.items():
-            line = f"| {path:<17} | {n:>9,} |"
-            cost = {}
-            for v in versions:
-                r = best[v][path]
-                cost[v] = r["cpu"] / r["pairs"]
-                hours = n * cost[v] / 3600
-                totals[v] += hours
-                line += f" {cost[v]:>14.3f} | {1 / cost[v]:>19.2f} | {hours:>13.1f} |"
-            if "before" in versions:
-                line += f" {cost['before'] / cost['after']:>7.2f}x |"
-            print(line)
-        line = f"| {'500k mix':<17} | {sum(MIX.values()):>9,} |"
-        for v in versions:
-            line += f" {'':>14} | {'':>19} | {totals[v]:>13.1f} |"
-        if "before" in versions:
-            line += f" {totals['before'] / totals['after']:>7.2f}x |"
-        print(line)
+        print_mix_table(best, list(versions))
+        totals = {v: sum(n * best[v][p]["cpu"] / best[v][p]["pairs"] for p, n in MIX.items()) / 3600 for v in versions}
         print(f"\nthe 500k mix ≈ {totals['after']:.0f} core-hours: hours ≈ {totals['after']:.0f} / "
               f"(N nodes × C cores × efficiency)")
         if args.scaling:

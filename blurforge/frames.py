@@ -327,7 +327,7 @@ class _ClipAverager:
         n = window_for(seed, self.window)
         h = n // 2
         t = time.perf_counter()
-        acc = self._window_sum(c - self.half, c + self.half)
+        acc = self._window_sum(c - self.half, c + self.half)  # may be the running sum itself: never modify it
         if h < self.half:  # a shorter window drawn from a range: leave the outer frames out
             acc = acc.copy()
             for j in (*range(c - self.half, c - h), *range(c + h + 1, c + self.half + 1)):

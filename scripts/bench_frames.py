@@ -265,12 +265,12 @@ def accuracy(args: argparse.Namespace) -> None:
                                            ("ultrafast", 0.5))]
     print(f"PSNR (dB) of the 65-frame average against the dense ground truth, {args.width}x{args.height}, "
           f"5 frames + 4x{k} in-betweens; CPU seconds per window (flow + in-betweens), one thread")
-    print(f"| {'setting':<26} | " + " | ".join(f"{s:>13}" for s in SCENES) + " | cpu s |")
-    print(f"|{'-' * 28}|" + "|".join("-" * 15 for _ in SCENES) + "|-------|")
+    print(f"| {'setting':<32} | " + " | ".join(f"{s:>13}" for s in SCENES) + " | cpu s |")
+    print(f"|{'-' * 34}|" + "|".join("-" * 15 for _ in SCENES) + "|-------|")
     lut = inverse_response_lut("srgb")
     plain = [psnr(to_codes((sum(cv2.LUT(f, lut).astype(np.float64) for f in frames) / n).astype(np.float32)), truth)
              for frames, truth in cases.values()]
-    print(f"| {'no in-betweens':<26} | " + " | ".join(f"{v:>13.2f}" for v in plain) + " |     - |")
+    print(f"| {'no in-betweens':<32} | " + " | ".join(f"{v:>13.2f}" for v in plain) + " |     - |")
     for preset, scale, blend in grid:
         values, cpu = [], 0.0
         for frames, truth in cases.values():
@@ -280,7 +280,7 @@ def accuracy(args: argparse.Namespace) -> None:
         mark = " (previous)" if (preset, scale, blend) == ("medium", 1.0, "both") else ""
         mark = " (default)" if (preset, scale, blend) == (FLOW_PRESET, FLOW_SCALE, BLEND) else mark
         label = f"DIS-{preset}@{scale:g} {blend}{mark}"
-        print(f"| {label:<26} | " + " | ".join(f"{v:>13.2f}" for v in values) + f" | {cpu / len(cases):>5.2f} |",
+        print(f"| {label:<32} | " + " | ".join(f"{v:>13.2f}" for v in values) + f" | {cpu / len(cases):>5.2f} |",
               flush=True)
 
 

@@ -6,6 +6,8 @@ Heavy imports happen inside each command so ``blurforge --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +28,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return text if "\n" in text else super()._fill_text(text, width, indent)
 
 
+WORKERS_HELP = ("worker processes (or Ray tasks in flight); default: the CPUs this process may use (affinity and "
+                "cgroup quota aware) — the output is the same for any value")
+PNG_LEVEL_HELP = ("PNG compression, libdeflate level 0-12: 1 (default) is the fastest that compresses; 0 stores "
+                  "uncompressed (~2x larger files); 6-12 are a few percent smaller and several times slower. "
+                  "Lossless at every level")
+
+
 class UserError(Exception):
     """An error caused by the command's inputs; printed without a traceback."""
 
@@ -34,6 +43,55 @@ def _positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: the affinity mask (taskset, Slurm, containers' cpusets), further
+    limited by a cgroup CPU quota (Docker/Kubernetes ``--cpus``: cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us / cpu.cfs_period_us``), rounded up; at least 1. The ``--workers`` default."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, n)
+
+
+def _cgroup_cpu_quota(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> float | None:
+    """CPUs allowed by this process's cgroup quota (None: no quota, or nothing readable)."""
+    base = Path(root)
+    try:
+        groups = [line.split(":", 2) for line in Path(proc).read_text().splitlines() if line.count(":") >= 2]
+    except OSError:
+        groups = []
+    candidates = []  # (kind, folder) from the process's own group up to the hierarchy's root
+    for _, controllers, rel in groups:
+        rel = rel.strip().lstrip("/")
+        if controllers == "":  # cgroup v2 (unified)
+            candidates += [("v2", base / rel), ("v2", base)]
+        elif "cpu" in controllers.split(","):
+            for mount in (base / controllers, base / "cpu", base / "cpu,cpuacct"):
+                candidates += [("v1", mount / rel), ("v1", mount)]
+    for kind, folder in candidates:
+        try:
+            if kind == "v2":
+                quota, period = (folder / "cpu.max").read_text().split()[:2]
+                return None if quota == "max" else int(quota) / int(period)
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            period = int((folder / "cpu.cfs_period_us").read_text())
+            return quota / period if quota > 0 and period > 0 else None
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _png_level(text: str) -> int:
+    v = int(text)
+    if not 0 <= v <= 12:
+        raise argparse.ArgumentTypeError(f"must be in 0..12 (libdeflate levels), got {text}")
     return v
 
 
@@ -118,6 +176,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         max_objects=args.max_objects,
         noise_preset=args.noise_preset,
         borders=args.borders,
+        png_level=args.png_level,
     )
     return report_job(args, s, summarize_timing(s.stats))
 
@@ -191,6 +250,7 @@ def cmd_frames(args: argparse.Namespace) -> int:
         noise=args.noise,
         noise_preset=args.noise_preset,
         saturation=args.saturation,
+        png_level=args.png_level,
     )
     keys = ("decode_s", "interpolate_s", "average_s", "encode_s")
     return report_job(args, s, {k: sum(x.get(k, 0.0) for x in s.stats) for k in keys})
@@ -356,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--length-min", type=float, default=1.0, help="shortest trajectory length (px)")
     k.add_argument("--length-max", type=float, default=1000.0, help="longest trajectory length (px)")
     k.add_argument("--exposure", type=float, default=1.0, help="exposure fraction T in (0, 1]")
-    k.add_argument("--workers", type=_positive_int, default=1, help="processes")
+    k.add_argument("--workers", type=_positive_int, default=usable_cpus(), help=WORKERS_HELP)
     k.add_argument("--preview", metavar="PNG", help="also write a contact sheet of kernels")
     k.add_argument("--preview-count", type=_positive_int, default=64, help="kernels in the contact sheet")
     add_backend(k)
@@ -392,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where SAM 2 runs")
     s.add_argument("--max-objects", type=int, default=6, metavar="N",
                    help="nonuniform: at most N objects per image get their own kernel (0: background only)")
-    s.add_argument("--workers", type=_positive_int, default=1, help="processes")
+    s.add_argument("--workers", type=_positive_int, default=usable_cpus(), help=WORKERS_HELP)
     add_realism(s)
     s.add_argument("--jpeg-quality", type=int, metavar="Q", help="store blurry images as JPEG of quality Q")
     s.add_argument("--pairs-per-image", type=_positive_int, default=1, help="pairs drawn from each sharp image")
@@ -404,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key-prefix", help="prefix of the pairs' keys (default: the mode); names only, the kernels "
                    "drawn do not change — needed only to merge runs of one mode and seed over different folders")
     s.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")
+    s.add_argument("--png-level", type=_png_level, default=1, metavar="L", help=PNG_LEVEL_HELP)
     add_backend(s)
 
     f = add("frames", cmd_frames, "average video frames into blurry/sharp pairs (REDS/GoPro style)",
@@ -425,11 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--response", choices=["srgb", "gamma2.2", "linear"], default="srgb",
                    help="camera response inverted before averaging")
     f.add_argument("--stride", type=_positive_int, metavar="M", help="frames between centre frames (default: window)")
-    f.add_argument("--workers", type=_positive_int, default=1, help="processes (or Ray tasks in flight)")
+    f.add_argument("--workers", type=_positive_int, default=usable_cpus(), help=WORKERS_HELP)
     f.add_argument("--shard-size", type=_positive_int, default=1, help="clips per shard (the unit of resume)")
     add_realism(f, "the blurry average (the sharp frame is kept as decoded)")
     f.add_argument("--key-prefix", default="frames", help="prefix of the pairs' keys (names only: seeds do not change)")
     f.add_argument("--retries", type=int, default=2, help="times a failed shard is retried before it is reported")
+    f.add_argument("--png-level", type=_png_level, default=1, metavar="L", help=PNG_LEVEL_HELP)
     add_backend(f)
 
     b = add("build-manifest", cmd_build_manifest, "merge outputs and imported datasets into one manifest",

@@ -146,7 +146,7 @@ def render_blurry(sharp_srgb: np.ndarray, kernel: np.ndarray, params: dict, seed
 
 def synthesize_worker(task: ShardTask) -> dict:
     """Pure shard worker: reads sharp images, renders pairs, writes images then the shard tables."""
-    from blurforge.imageio import ImageReadError, encode_image, read_image, sha256_bytes
+    from blurforge.imageio import DEFAULT_PNG_LEVEL, ImageReadError, encode_image, read_image, sha256_bytes
 
     cfg = task.config
     out = Location(task.out)
@@ -212,9 +212,12 @@ def synthesize_worker(task: ShardTask) -> dict:
             stage = "encode"
             t = time.perf_counter()
             jpeg = params["realism"].get("jpeg_quality")
-            blur_bytes = encode_image(blurry, bit_depth=8 if jpeg else info["bit_depth"], fmt="jpg" if jpeg else "png",
-                                      jpeg_quality=jpeg)
-            sharp_bytes = encode_image(sharp_pair, bit_depth=info["bit_depth"], fmt="png")
+            png_level = cfg.get("png", {}).get("level", DEFAULT_PNG_LEVEL)
+            if jpeg:
+                blur_bytes = encode_image(blurry, bit_depth=8, fmt="jpg", jpeg_quality=jpeg)
+            else:
+                blur_bytes = encode_image(blurry, bit_depth=info["bit_depth"], png_level=png_level)
+            sharp_bytes = encode_image(sharp_pair, bit_depth=info["bit_depth"], png_level=png_level)
             name = sample_name(key)
             blur_rel = f"blur/{task.shard}/{name}.{'jpg' if jpeg else 'png'}"
             sharp_rel = f"sharp/{task.shard}/{name}.png"
@@ -379,6 +382,7 @@ def run_synthesize(
     max_objects: int = 6,
     noise_preset: str = "realblur",
     borders: str = "valid",
+    png_level: int | None = None,
 ) -> RunSummary:
     """Plan, run (resuming finished shards) and summarise a synthesize job.
 
@@ -389,7 +393,11 @@ def run_synthesize(
     ``rsblur``, see ``blurforge.camera``).
     ``borders="valid"`` crops every pair by the reach of its kernels (:func:`border_crop`);
     ``"reflect"`` keeps the full image with reflected borders.
+    ``png_level``: libdeflate level of the PNG files (0–12, default ``DEFAULT_PNG_LEVEL``; lossless
+    at every level — it trades file size for time).
     """
+    from blurforge.imageio import png_settings
+
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if borders not in BORDERS:
@@ -427,6 +435,7 @@ def run_synthesize(
         "key_prefix": key_prefix or mode,
         "borders": borders,
         "manifest_schema": SCHEMA_VERSION,  # keys, seeds and groups of this layout
+        "png": png_settings(png_level),
     }
     if noise != "none":  # only with noise, so runs without it keep their run.json
         config["noise_preset"] = noise_preset

@@ -1,26 +1,48 @@
-"""Throughput of `blurforge synthesize` with 1 and 2 workers, local and Ray backends, same inputs.
+"""Per-core cost of every blurforge path and the core-hours of the paper's ~500k-pair mix, before/after.
 
-Prints pairs/s, the speed-up over 1 local worker, the scaling efficiency (speed-up / workers),
-whether each output is byte-identical to the 1-worker local run, and the per-core rate that the
-README's scaling estimate uses.
+    python scripts/bench_scale.py --baseline /path/to/old/checkout      # before/after in one run
+    python scripts/bench_scale.py --scaling                              # + 1/2 workers, local/Ray
 
-    python scripts/bench_scale.py --images 24 --width 1280 --height 720
+The same inputs (1280×720 photos from scikit-image, a 63×63 kernel bank, a 1280×720 FFV1 clip, a
+folder of existing pairs) go through each path in one single-threaded worker process
+(``cv2.setNumThreads(1)``, as in the process pool): ``synthesize`` uniform, ``synthesize --mode
+nonuniform`` (classical segmenter), ``frames --window 5 --interpolate 15 --stride 5`` (REDS-like)
+and ``build-manifest --import`` (hashing). Its cost is the process's CPU time per pair (all its
+threads, e.g. the video decoder's), after an untimed warm-up of every path; the versions (this
+checkout and, with ``--baseline DIR``, the blurforge in DIR, each in its own interpreter) alternate
+``--repeats`` times and each keeps its lowest. CPU time is what a core-hour budget counts, and it
+is far less disturbed by other load on a shared machine than wall time. The mix:
+100k uniform + 100k non-uniform + 200k REDS-like + 100k imports; core-hours = Σ pairs × CPU s/pair
+/ 3600, i.e. assuming the per-core cost holds when every core runs a worker (``--scaling`` shows
+how 2 workers do).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
+import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+MIX = {"uniform": 100_000, "nonuniform": 100_000, "frames REDS-like": 200_000, "imports": 100_000}
 
-def make_inputs(root: Path, images: int, width: int, height: int, kernel_size: int) -> tuple[Path, Path]:
+
+def make_inputs(root: Path, images: int, width: int, height: int, kernel_size: int, frames: int,
+                imports: int, fourcc: str = "FFV1", ext: str = "mkv") -> dict:
     import cv2
     import numpy as np
     from skimage import data
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_frames import write_clip
 
     from blurforge.kernels import generate_bank, write_bank
 
@@ -32,8 +54,72 @@ def make_inputs(root: Path, images: int, width: int, height: int, kernel_size: i
         img = cv2.resize(img, (width, height), interpolation=cv2.INTER_CUBIC)
         cv2.imwrite(str(photos / f"p{i:03d}.png"), np.roll(img, 7 * i, axis=1)[..., ::-1])
     bank = root / "kernels.parquet"
-    write_bank(generate_bank(256, seed=0, size=kernel_size, progress=False, workers=2), bank)
-    return photos, bank
+    write_bank(generate_bank(256, seed=0, size=kernel_size, progress=False, workers=1), bank)
+    videos = root / "videos"
+    videos.mkdir()
+    write_clip(videos / f"clip.{ext}", width, height, frames, fourcc)
+    pairs = root / "pairs" / "train" / "seq0"  # GoPro layout: SEQ/blur/*.png + SEQ/sharp/*.png
+    for d in ("blur", "sharp"):
+        (pairs / d).mkdir(parents=True)
+    for i in range(imports):
+        img = cv2.imread(str(photos / f"p{i % images:03d}.png"))
+        cv2.imwrite(str(pairs / "sharp" / f"{i:06d}.png"), img)
+        cv2.imwrite(str(pairs / "blur" / f"{i:06d}.png"), cv2.blur(img, (9, 1)))
+    return {"photos": str(photos), "bank": str(bank), "videos": str(videos), "pairs": str(root / "pairs")}
+
+
+def measure(inputs: dict, out: Path) -> dict:
+    """CPU seconds and pairs of each path, in this interpreter (run once per version)."""
+    import cv2
+
+    from blurforge.cli import main as cli
+    from blurforge.frames import run_frames
+    from blurforge.synthesize import run_synthesize
+
+    cv2.setNumThreads(1)
+    photos, bank, videos = Path(inputs["photos"]), Path(inputs["bank"]), Path(inputs["videos"])
+
+    def uniform(o):
+        return run_synthesize(photos, bank, o, seed=0, workers=1, progress=False).pairs
+
+    def nonuniform(o):
+        return run_synthesize(photos, bank, o, seed=0, workers=1, progress=False, mode="nonuniform",
+                              segmenter="classical").pairs
+
+    def reds(o):
+        return run_frames(videos, o, seed=0, window=5, interpolate=15, stride=5, progress=False).pairs
+
+    def imports(o):
+        o.mkdir(parents=True)
+        assert cli(["build-manifest", "--import", f"bench={inputs['pairs']}", "--out", str(o / "m.parquet"),
+                    "--quiet"]) == 0
+        return inputs["n_imports"]
+
+    paths = {"uniform": uniform, "nonuniform": nonuniform, "frames REDS-like": reds, "imports": imports}
+    warm = out / "warm-up"  # imports, caches; a cheap frames job
+    run_synthesize(photos, bank, warm / "u", seed=0, workers=1, progress=False)
+    run_synthesize(photos, bank, warm / "n", seed=0, workers=1, progress=False, mode="nonuniform")
+    run_frames(videos, warm / "f", seed=0, window=3, interpolate=1, stride=20, progress=False)
+    imports(warm / "i")
+    result = {}
+    for name, fn in paths.items():
+        c, t = time.process_time(), time.perf_counter()
+        pairs = fn(out / name.replace(" ", "-"))
+        result[name] = {"pairs": pairs, "cpu": time.process_time() - c, "wall": time.perf_counter() - t}
+    return result
+
+
+def run_version(root: Path, inputs: dict, out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_scale as b; from pathlib import Path; "
+            "print('RESULT ' + json.dumps(b.measure(json.loads(sys.argv[2]), Path(sys.argv[3]))))")
+    out.mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), json.dumps(inputs), str(out)],
+                          env=env, cwd=out, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"measuring {root} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def tree_digest(root: Path) -> str:
@@ -45,63 +131,118 @@ def tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=24)
+def scaling(inputs: dict, root: Path, backends: list[str]) -> None:
+    """This checkout's uniform synthesize with 1 and 2 workers, local and Ray: speed-up and identity."""
+    from blurforge.synthesize import run_synthesize
+
+    photos, bank = Path(inputs["photos"]), Path(inputs["bank"])
+    run_synthesize(photos, bank, root / "warm", seed=0, workers=1, shard_size=2, progress=False)
+    results, reference = [], None
+    for backend in backends:
+        if backend == "ray":
+            try:
+                from blurforge.shards import ensure_ray
+
+                ensure_ray(None, 2)  # start the local cluster outside the timed region
+            except ImportError as exc:
+                print(f"ray: skipped ({exc})")
+                continue
+        for workers in (1, 2):
+            out = root / f"{backend}-{workers}"
+            t0 = time.perf_counter()
+            s = run_synthesize(photos, bank, out, seed=0, workers=workers, shard_size=2, progress=False,
+                               backend=backend)
+            seconds = time.perf_counter() - t0
+            digest = tree_digest(out)
+            reference = reference or digest
+            results.append((backend, workers, s.pairs, seconds, digest == reference))
+    base = results[0][2] / results[0][3]
+    print(f"\nuniform synthesize, {results[0][2]} pairs, shard size 2 (wall time; a 1-worker local run keeps "
+          f"OpenCV's threads on every core)")
+    print(f"{'backend':<8}{'workers':>8}{'pairs':>7}{'seconds':>9}{'pairs/s':>9}{'speed-up':>10}{'identical':>11}")
+    for backend, workers, pairs, seconds, same in results:
+        rate = pairs / seconds
+        print(f"{backend:<8}{workers:>8}{pairs:>7}{seconds:>9.2f}{rate:>9.2f}{rate / base:>9.2f}x"
+              f"{'yes' if same else 'NO':>11}")
+
+
+def print_mix_table(best: dict[str, dict], versions: list[str]) -> None:
+    """Per path: CPU s per pair, pairs/s per core and core-hours of its share of the mix, per version."""
+    cells = [("s/pair", 14, "{:.3f}"), ("pairs/s/core", 19, "{:.2f}"), ("core-h", 13, "{:.1f}")]
+    head = f"| {'path':<17} | {'mix pairs':>9} |" + "".join(
+        f" {v + ' ' + name:>{w}} |" for v in versions for name, w, _ in cells)
+    compare = "before" in versions
+    head += f" {'speed-up':>8} |" if compare else ""
+    print(head)
+    print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
+    totals = dict.fromkeys(versions, 0.0)
+    for path, n in [*MIX.items(), ("500k mix", sum(MIX.values()))]:
+        line = f"| {path:<17} | {n:>9,} |"
+        cost = {}
+        for v in versions:
+            if path in MIX:
+                cost[v] = best[v][path]["cpu"] / best[v][path]["pairs"]
+                totals[v] += n * cost[v] / 3600
+                values = (cost[v], 1 / cost[v], n * cost[v] / 3600)
+            else:  # the total row: core-hours only; its speed-up compares the totals
+                cost[v] = totals[v]
+                values = (None, None, totals[v])
+            line += "".join(f" {'' if x is None else fmt.format(x):>{w}} |" for x, (_, w, fmt) in zip(values, cells))
+        line += f" {cost['before'] / cost['after']:>7.2f}x |" if compare else ""
+        print(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+    ap.add_argument("--baseline", metavar="DIR", help="a checkout of the code to compare against (before)")
+    ap.add_argument("--images", type=int, default=6, help="sharp photos (one uniform and one non-uniform pair each)")
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--kernel-size", type=int, default=63)
-    ap.add_argument("--shard-size", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=26, help="frames of the clip (REDS-like pairs: (frames - 1) // 5)")
+    ap.add_argument("--imports", type=int, default=24, help="pairs in the imported folder")
+    ap.add_argument("--fourcc", default="FFV1", help="codec of the clip (FFV1: lossless, slow to decode; MJPG, mp4v)")
+    ap.add_argument("--ext", default="mkv", help="container of the clip (mkv for FFV1, avi for MJPG, mp4 for mp4v)")
+    ap.add_argument("--repeats", type=int, default=1, help="alternating passes per version (lowest CPU kept)")
+    ap.add_argument("--scaling", action="store_true", help="also time 1 and 2 workers, local and Ray")
     ap.add_argument("--backends", default="local,ray")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))
 
-    from blurforge.synthesize import run_synthesize
-
+    versions = {"after": REPO}
+    if args.baseline:
+        versions = {"before": Path(args.baseline).resolve(), "after": REPO}
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
-        photos, bank = make_inputs(root, args.images, args.width, args.height, args.kernel_size)
-        # untimed warm-up: imports, the kernel bank cache and the page cache, so the first timed
-        # configuration (the baseline) does not pay for them
-        run_synthesize(photos, bank, root / "warm-up", seed=0, workers=1, shard_size=args.shard_size, progress=False)
-        results = []
-        reference = None
-        for backend in args.backends.split(","):
-            if backend == "ray":
-                try:
-                    from blurforge.shards import ensure_ray
-
-                    ensure_ray(None, 2)  # start the local cluster outside the timed region
-                except ImportError as exc:
-                    print(f"ray: skipped ({exc})")
-                    continue
-            for workers in (1, 2):
-                out = root / f"{backend}-{workers}"
-                t0 = time.perf_counter()
-                s = run_synthesize(photos, bank, out, seed=0, workers=workers, shard_size=args.shard_size,
-                                   progress=False, backend=backend)
-                seconds = time.perf_counter() - t0
-                digest = tree_digest(out)
-                reference = reference or digest
-                results.append((backend, workers, s.pairs, seconds, digest == reference))
-        base = results[0][2] / results[0][3]
-        print(f"\nsynthesize {args.images} images {args.width}x{args.height}, {args.kernel_size}x{args.kernel_size} "
-              f"kernels, shard size {args.shard_size}")
-        print(f"{'backend':<8}{'workers':>8}{'pairs':>7}{'seconds':>9}{'pairs/s':>9}{'speed-up':>10}"
-              f"{'efficiency':>12}{'identical':>11}")
-        for backend, workers, pairs, seconds, same in results:
-            rate = pairs / seconds
-            print(f"{backend:<8}{workers:>8}{pairs:>7}{seconds:>9.2f}{rate:>9.2f}{rate / base:>9.2f}x"
-                  f"{rate / base / workers:>11.0%}{'yes' if same else 'NO':>11}")
-        # a 1-worker local run keeps OpenCV's threads on every core, so the per-core rate comes from
-        # the runs with one single-threaded worker per core (2 workers on this 2-core machine)
-        full = [p / s / w for _, w, p, s, _ in results if w == 2]
-        per_core = max(full)
-        print(f"\nper-core rate (2 single-threaded workers on 2 cores, best backend): {per_core:.2f} pairs/s; "
-              f"500,000 such pairs on N nodes of C cores at 90% efficiency ≈ "
-              f"{500_000 / per_core / 0.9 / 3600:.0f} / (N·C) hours")
+        inputs = make_inputs(root / "in", args.images, args.width, args.height, args.kernel_size, args.frames,
+                             args.imports, args.fourcc, args.ext)
+        inputs["n_imports"] = args.imports
+        load = os.getloadavg()[0]
+        best: dict[str, dict] = {v: {} for v in versions}
+        for rep in range(args.repeats):
+            for name, code_root in versions.items():
+                for path, r in run_version(code_root, inputs, root / f"{name}-{rep}").items():
+                    if path not in best[name] or r["cpu"] < best[name][path]["cpu"]:
+                        best[name][path] = r
+        load = (load, os.getloadavg()[0])
+        cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                          if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+            else platform.processor()
+        print(f"\n{args.width}x{args.height}, {args.kernel_size}x{args.kernel_size} kernels, {args.fourcc} clip; "
+              f"one single-threaded worker; "
+              f"CPU s per pair, lowest of {args.repeats}; machine: {cpu_model}, {os.cpu_count()} CPUs, "
+              f"load average {load[0]:.1f} -> {load[1]:.1f}")
+        print_mix_table(best, list(versions))
+        totals = {v: sum(n * best[v][p]["cpu"] / best[v][p]["pairs"] for p, n in MIX.items()) / 3600 for v in versions}
+        print(f"\nthe 500k mix ≈ {totals['after']:.0f} core-hours: hours ≈ {totals['after']:.0f} / "
+              f"(N nodes × C cores × efficiency)")
+        if args.scaling:
+            scaling(inputs, root / "scaling", args.backends.split(","))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,7 +8,8 @@ temp folder. For each pair (its own random-walk kernel) it times:
 
 - decode: ``read_image`` of the PNG;
 - blur:   ``render_uniform`` without realism (sRGB → linear, convolve, → sRGB);
-- encode: ``encode_image`` PNG of the blurry and the sharp image + their SHA-256;
+- encode: ``encode_image`` PNG of the blurry and the sharp image + their SHA-256, against
+  OpenCV's PNG writer at its default (what blurforge used before) on the same images;
 
 and prints the median/min per stage and pairs/s (one process). Baseline in the same run:
 ``cv2.filter2D`` (flipped kernel, BORDER_REFLECT) on the same float32 linear data with the
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "blur (render_uniform)": [],
         "  of which convolve": [],
         "encode (2 PNG + sha256)": [],
+        "  baseline cv2.imencode PNG": [],
         "baseline cv2.filter2D": [],
         "dense kernel: render_uniform": [],
         "dense kernel: cv2.filter2D": [],
@@ -120,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             stages["encode (2 PNG + sha256)"] += timed(
                 lambda: [sha256_bytes(encode_image(im)) for im in (blurry, sharp)], args.repeats
             )[0]
+            stages["  baseline cv2.imencode PNG"] += timed(  # OpenCV's writer at its default, as before
+                lambda: [sha256_bytes(cv2.imencode(".png", cv2.cvtColor(
+                    np.rint(np.clip(im, 0, 1) * np.float32(255)).astype(np.uint8), cv2.COLOR_RGB2BGR))[1].tobytes())
+                    for im in (blurry, sharp)], args.repeats)[0]
         elapsed = time.perf_counter() - t_start
         for _ in range(max(3, args.repeats)):
             stages["dense kernel: render_uniform"] += timed(lambda: render_uniform(sharp, dense, None, rng), 1)[0]
@@ -140,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     base = med["baseline cv2.filter2D"]
     print(f"pairs/s (decode+blur+encode, medians): {1e3 / per_pair:.1f}")
+    print(f"ratio cv2.imencode PNG / our PNG writer:    "
+          f"{med['  baseline cv2.imencode PNG'] / med['encode (2 PNG + sha256)']:.2f}  (> 1: ours faster)")
     print(f"ratio filter2D / blur incl. linearisation: {base / med['blur (render_uniform)']:.2f}  (> 1: ours faster)")
     print(f"ratio filter2D / convolve alone:           {base / med['  of which convolve']:.2f}")
     print(f"ratio filter2D / blur, dense kernel:       "

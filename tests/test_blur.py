@@ -295,3 +295,24 @@ def test_noise_spares_saturated_pixels():
     assert np.all(out[:10] == 1.0)
     assert out[10:].std() > 1e-3
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_8_bit_images_go_through_a_table_bit_identical_to_the_formula():
+    from blurforge.blur import _srgb_to_linear_block
+
+    codes = np.random.default_rng(3).integers(0, 256, (90, 70, 3)).astype(np.uint8)
+    x = codes / np.float32(255)  # what read_image gives for an 8-bit file
+    formula = np.empty_like(x)
+    _srgb_to_linear_block(x, formula)
+    assert np.array_equal(srgb_to_linear(x), formula)
+    assert np.array_equal(srgb_to_linear(x[..., 0]), formula[..., 0])
+    # one value that is not an 8-bit code anywhere sends the whole image through the formula
+    for odd in (0.5, -1 / 255, 256 / 255):
+        y = x.copy()
+        y[89, 69, 2] = odd
+        expected = np.empty_like(y)
+        _srgb_to_linear_block(y, expected)
+        assert np.array_equal(srgb_to_linear(y), expected)
+    y = x.copy()
+    y[3, 4, 1] = np.nan
+    assert np.isnan(srgb_to_linear(y)[3, 4, 1])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -279,3 +281,50 @@ def test_find_images_is_recursive_sorted_and_case_insensitive(tmp_path):
         read_image(tmp_path / "sub" / "link.png")
     with pytest.raises(NotADirectoryError):
         find_images(tmp_path / "a.jpg")
+
+
+# --- the PNG writer (Sub filter + libdeflate) --------------------------------------------------
+
+
+@pytest.mark.parametrize("bit_depth,dtype,top", [(8, np.uint8, 255), (16, np.uint16, 65535)])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 9, 3), (13, 1, 3), (37, 61, 3)])
+def test_png_writer_is_lossless_for_every_level_and_reader(shape, bit_depth, dtype, top):
+    from PIL import Image
+
+    codes = np.random.default_rng(sum(shape) + bit_depth).integers(0, top + 1, shape).astype(dtype)
+    for level in (0, 1, 6, 12):
+        data = encode_image(codes, bit_depth=bit_depth, png_level=level)
+        cv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_ANYDEPTH)
+        assert cv.dtype == dtype and np.array_equal(cv, codes), level
+        with Image.open(io.BytesIO(data)) as im:  # an independent decoder, which also checks the CRCs
+            im.load()
+            assert im.size == (shape[1], shape[0])
+            if bit_depth == 8:
+                assert np.array_equal(np.asarray(im), codes)
+
+
+def test_integer_codes_encode_like_the_float_image(rgb):
+    assert encode_image(rgb) == encode_image(rgb.astype(np.float32) / np.float32(255))
+    sixteen = (rgb.astype(np.uint16) * 257)
+    assert encode_image(sixteen, bit_depth=16) == encode_image(sixteen / np.float32(65535), bit_depth=16)
+    with pytest.raises(ValueError, match="uint16"):
+        encode_image(rgb, bit_depth=16)
+
+
+def test_png_levels_trade_size_for_time_never_pixels(rgb):
+    sizes = {level: len(encode_image(rgb, png_level=level)) for level in (0, 1, 9)}
+    assert sizes[0] > sizes[1] >= sizes[9]  # 0 stores, the others compress
+    assert sizes[0] >= rgb.size
+    with pytest.raises(ValueError, match="png_level"):
+        encode_image(rgb, png_level=13)
+
+
+def test_png_settings_name_the_encoder_and_check_the_level():
+    from blurforge.imageio import png_settings
+
+    s = png_settings()
+    assert s["level"] == 1 and "libdeflate" in s["encoder"]
+    assert png_settings(0)["level"] == 0
+    for bad in (-1, 13, 1.5, True):
+        with pytest.raises(ValueError, match="--png-level"):
+            png_settings(bad)

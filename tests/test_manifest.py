@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -164,3 +165,31 @@ def test_cli_rejects_abbreviations_and_unknown_commands(capsys):
     with pytest.raises(SystemExit):
         main(["blur"])
     assert main([]) == 2
+
+
+def test_workers_default_to_the_usable_cpus(tmp_path):
+    from blurforge.cli import _cgroup_cpu_quota, build_parser, usable_cpus
+
+    n = usable_cpus()
+    assert 1 <= n <= (os.cpu_count() or 1)
+    parser = build_parser()
+    for argv in (["kernels", "--count", "1", "--out", "k"], ["synthesize", "--sharp", "s", "--kernels", "k", "--out", "o"],
+                 ["frames", "--videos", "v", "--out", "o"]):
+        assert parser.parse_args(argv).workers == n
+    # cgroup v2: the process's own group's cpu.max; v1: cfs quota / period; no quota: None
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/job/step\n")
+    (tmp_path / "v2" / "job" / "step").mkdir(parents=True)
+    (tmp_path / "v2" / "job" / "step" / "cpu.max").write_text("250000 100000\n")
+    assert _cgroup_cpu_quota(str(tmp_path / "v2"), str(proc)) == 2.5
+    (tmp_path / "v2" / "job" / "step" / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpu_quota(str(tmp_path / "v2"), str(proc)) is None
+    proc.write_text("4:cpu,cpuacct:/docker/abc\n1:memory:/docker/abc\n")
+    group = tmp_path / "v1" / "cpu,cpuacct" / "docker" / "abc"
+    group.mkdir(parents=True)
+    (group / "cpu.cfs_quota_us").write_text("150000\n")
+    (group / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_cpu_quota(str(tmp_path / "v1"), str(proc)) == 1.5
+    (group / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_cpu_quota(str(tmp_path / "v1"), str(proc)) is None
+    assert _cgroup_cpu_quota(str(tmp_path / "nothing"), str(tmp_path / "missing")) is None

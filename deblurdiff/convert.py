@@ -104,12 +104,13 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return _SafetensorsDict(path)
     try:
-        sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # a legacy (non-zip) torch.save file cannot be memory-mapped
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # a legacy (non-zip) torch.save file cannot be memory-mapped
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ReleasedCheckpointError(f"{path}: cannot be read as a PyTorch state_dict ({type(exc).__name__}: "
-                                      f"{exc}) — pass the released model.pth or a .safetensors of it") from None
+                                      f"{str(exc)[:200]}) — pass the released model.pth or a .safetensors of it") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict) and len(sd) <= 4:
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -445,38 +446,49 @@ def empty_prompt_embedding(text_encoder) -> torch.Tensor:
     return text_encoder(input_ids=ids).last_hidden_state.float()
 
 
-def build_model(parts: Converted, dtype: torch.dtype | None = None, keep_text_encoder: bool = False):
-    """``(DeblurDiff, text_encoder or None)`` from converted state_dicts; the model's tensors are
-    the converted ones (no copies unless ``dtype`` casts them)."""
-    from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+def build_networks(parts: Converted, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
+    """The converted networks (``unet``, ``vae``, ``controlnet``, ``lkpn``, ``text_encoder``), each
+    built on the meta device and loaded strictly from ``parts`` by assignment (no copies unless
+    ``dtype`` casts; the text encoder stays float32)."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
     from deblurdiff.lkpn import LKPN
-    from deblurdiff.model import ConditionConv, DeblurDiff, DeblurDiffConfig
-    from deblurdiff.presets import RELEASED_SETTINGS
+    from deblurdiff.model import ConditionConv
 
-    text_encoder = build_text_encoder(*parts.text)
-    empty = empty_prompt_embedding(text_encoder)
-    if not keep_text_encoder:
-        text_encoder = None
-    unet = _load(_on_meta(UNet2DConditionModel, **parts.unet[0]), parts.unet[1], "unet", dtype)
-    vae = _load(_on_meta(AutoencoderKL, **parts.vae[0]), parts.vae[1], "vae", dtype)
     cn_kwargs, cn_state = parts.controlnet
     controlnet = _on_meta(ControlNetModel, **cn_kwargs)
     with torch.device("meta"):
         controlnet.controlnet_cond_embedding = ConditionConv(cn_kwargs["conditioning_channels"],
                                                              cn_kwargs["block_out_channels"][0])
-    _load(controlnet, cn_state, "controlnet", dtype)
-    lkpn_kwargs, lkpn_state = parts.lkpn
-    lkpn = _load(_on_meta(LKPN, **lkpn_kwargs), lkpn_state, "kpn", dtype)
+    return {
+        "unet": _load(_on_meta(UNet2DConditionModel, **parts.unet[0]), parts.unet[1], "unet", dtype),
+        "vae": _load(_on_meta(AutoencoderKL, **parts.vae[0]), parts.vae[1], "vae", dtype),
+        "controlnet": _load(controlnet, cn_state, "controlnet", dtype),
+        "lkpn": _load(_on_meta(LKPN, **parts.lkpn[0]), parts.lkpn[1], "kpn", dtype),
+        "text_encoder": build_text_encoder(*parts.text),
+    }
+
+
+def build_model(parts: Converted, dtype: torch.dtype | None = None, keep_text_encoder: bool = False):
+    """``(DeblurDiff, text_encoder or None)`` from converted state_dicts; the model's tensors are
+    the converted ones (no copies unless ``dtype`` casts them)."""
+    from diffusers import DDPMScheduler
+
+    from deblurdiff.model import DeblurDiff, DeblurDiffConfig
+    from deblurdiff.presets import RELEASED_SETTINGS
+
+    nets = build_networks(parts, dtype)
+    empty = empty_prompt_embedding(nets["text_encoder"])
+    lkpn_kwargs = parts.lkpn[0]
     settings = {k: v for k, v in RELEASED_SETTINGS.items() if k != "lkpn"}
     config = DeblurDiffConfig(
         preset="sd21-base", variant="lkpn", pretrained=None, seed=0, kernel_size=lkpn_kwargs["kernel_size"],
         lkpn={k: v for k, v in lkpn_kwargs.items() if k not in ("kernel_size", "latent_channels")}, **settings,
     )
     scheduler = DDPMScheduler(**SCHEDULE, timestep_spacing=config.timestep_spacing)
-    model = DeblurDiff(config, vae=vae, unet=unet, empty_text_emb=empty, scheduler=scheduler,
-                       controlnet=controlnet, lkpn=lkpn)
-    return model.eval(), text_encoder
+    model = DeblurDiff(config, vae=nets["vae"], unet=nets["unet"], empty_text_emb=empty, scheduler=scheduler,
+                       controlnet=nets["controlnet"], lkpn=nets["lkpn"])
+    return model.eval(), (nets["text_encoder"] if keep_text_encoder else None)
 
 
 def load_released(path: str | os.PathLike, dtype: torch.dtype | None = None, keep_text_encoder: bool = False):
@@ -500,6 +512,9 @@ def convert(path: str | os.PathLike, output: str | os.PathLike, dtype: torch.dty
     try:
         model.save_pretrained(tmp, include_frozen=True, extra={"converted_from": source})
         if text_model is not None:
+            from transformers.utils import logging
+
+            logging.disable_progress_bar()
             text_model.save_pretrained(tmp / "text_encoder")
         old = None
         if output.exists():

@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 
 from deblurdiff.lkpn import LKPN
+from deblurdiff.windows import set_attention_windows
 
 VARIANTS = ("lkpn", "blurry", "lkpn-direct", "lkpn-static")
 CONTROLNET_INPUTS = ("embedding", "concat")
@@ -96,6 +97,7 @@ class DeblurDiffConfig:
     blurry_range: str = "signed"  # VAE input range of the blurry image: "signed" [-1, 1] | "unit" [0, 1] (released)
     posterior: str = "mode"  # VAE latents: "mode" (posterior mean) | "sample" (released: a posterior draw)
     timestep_spacing: str | None = None  # samplers' default spacing; None = the scheduler's own (SD: "leading"); released: "linspace"
+    attention_window: int | None = None  # attention in windows of this many latent pixels (deblurdiff.windows); released: 64; None = global
 
     def __post_init__(self):
         choices = {"variant": VARIANTS, "controlnet_input": CONTROLNET_INPUTS, "blurry_range": BLURRY_RANGES,
@@ -105,6 +107,9 @@ class DeblurDiffConfig:
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} unknown — choose one of "
                                  f"{', '.join(str(a) for a in allowed if a is not None)}")
+        if self.attention_window is not None and self.attention_window < 1:
+            raise ValueError(f"attention_window must be a positive number of latent pixels or None, "
+                             f"got {self.attention_window}")
         reserved = {"kernel_size", "static", "direct"} & set(self.lkpn)
         if reserved:
             raise ValueError(
@@ -225,6 +230,12 @@ class DeblurDiff(torch.nn.Module):
                 raise ValueError(f"LKPN config {got} does not match variant {config.variant!r}")
         self.controlnet = controlnet.train()
         self.lkpn = lkpn.train() if lkpn is not None else None
+        # the released code windows its attention layers: 64 latent px halved per level in the UNets
+        # (SD UNet, LKPN), 64 at every level in the ControlNet; a no-op up to 64x64 latents
+        set_attention_windows(self.unet, config.attention_window, per_level=True)
+        set_attention_windows(self.controlnet, config.attention_window, per_level=False)
+        if self.lkpn is not None:
+            set_attention_windows(self.lkpn.unet, config.attention_window, per_level=True)
 
     @staticmethod
     def _lkpn_kwargs(config: DeblurDiffConfig, latent_channels: int) -> dict:

@@ -32,6 +32,7 @@ RELEASED_SETTINGS = {
     "blurry_range": "unit",  # the blurry image enters the VAE in [0, 1] (the sharp one in [-1, 1])
     "posterior": "sample",  # vae_encode(..., sample=True)
     "timestep_spacing": "linspace",  # SpacedSampler: 999, 979, 958, ..., 20, 0 for 50 steps
+    "attention_window": 64,  # SpatialTransformer(kernel_size=(64, 64)): windowed attention (deblurdiff.windows)
     "lkpn": {"zero_init": "residual-branches"},  # LDM zero_module on ResBlock conv2 and proj_out
 }
 SD_SOURCES = {

@@ -72,7 +72,8 @@ recipes (--recipe; an option given explicitly overrides its recipe value):
             AdamW lr 1e-4, weight decay 0.01 (torch's default), no gradient clipping, no LR schedule,
             global batch 64, 200k steps, fp32, gradient checkpointing; model: one conv over
             cat(z_t, z_lq, z_s) into the ControlNet, blurry image in [0, 1], posterior sampling, LKPN
-            ResBlock/attention outputs zero-initialised, linspace timesteps for validation.
+            ResBlock/attention outputs zero-initialised, attention in 64-pixel latent windows
+            (no effect at 512 crops), linspace timesteps for validation.
             (Not reproduced: its dataset drops the caption to "" for half the samples; here the
             prompt is always empty.)
 
@@ -96,14 +97,14 @@ RECIPES = {
         "optimizer": "adamw", "lr": 5e-5, "weight_decay": 0.0, "batch_size": 128, "max_steps": 100_000,
         "max_grad_norm": 1.0, "mixed_precision": "no", "gradient_checkpointing": False,
         "controlnet_input": "embedding", "blurry_range": "signed", "posterior": "mode", "lkpn_zero_init": "output",
-        "timestep_spacing": None,
+        "timestep_spacing": None, "attention_window": None,
     },
     "released": {
         "optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01, "batch_size": 64, "max_steps": 200_000,
         "max_grad_norm": 0.0, "mixed_precision": "no", "gradient_checkpointing": True,
         # deblurdiff.presets.RELEASED_SETTINGS
         "controlnet_input": "concat", "blurry_range": "unit", "posterior": "sample",
-        "lkpn_zero_init": "residual-branches", "timestep_spacing": "linspace",
+        "lkpn_zero_init": "residual-branches", "timestep_spacing": "linspace", "attention_window": 64,
     },
 }
 
@@ -184,6 +185,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--timestep-spacing", choices=list(SPACINGS), default=None,
                    help="sampler timestep spacing for validation, recorded in the checkpoint for infer "
                         "(recipe: paper = the scheduler's own, released linspace)")
+    g.add_argument("--attention-window", metavar="PX", type=_positive_int, default=None,
+                   help="attention in windows of PX latent pixels (halved per level in the UNets), as the released "
+                        "code; only latents larger than PX are affected (recipe: paper global, released 64)")
     g.add_argument("--eps-loss-weight", metavar="W", type=_nonneg_float, default=1.0, help="weight of mse(eps_pred, eps) (default 1)")
     g.add_argument("--latent-loss-weight", metavar="W", type=_nonneg_float, default=1.0, help="weight of mse(z_s, z0) (default 1)")
     g.add_argument("--pixel-loss-weight", metavar="W", type=_nonneg_float, default=0.0,
@@ -617,7 +621,7 @@ def train(args: argparse.Namespace) -> TrainResult:
     _check_args(args)
     import numpy as np
     import torch
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from tqdm import tqdm
 
     from deblurdiff.data import PairCrops, FixedPairs, SampleStream, load_pairs
@@ -625,9 +629,10 @@ def train(args: argparse.Namespace) -> TrainResult:
 
     t_start = time.perf_counter()
     out = Path(args.output_dir)
-    args.micro_batch_size, args.grad_accum = split_batch(args.batch_size, PartialState().num_processes,
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    args.micro_batch_size, args.grad_accum = split_batch(args.batch_size, accelerator.num_processes,
                                                          args.micro_batch_size)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
+    accelerator.gradient_accumulation_steps = args.grad_accum
     main = accelerator.is_main_process
     if args.mixed_precision == "fp16" and accelerator.device.type != "cuda":
         raise ValueError(f"--mixed-precision fp16 needs a CUDA GPU (this run is on {accelerator.device.type}); "
@@ -673,7 +678,7 @@ def train(args: argparse.Namespace) -> TrainResult:
         loss_eps_weight=args.eps_loss_weight, loss_latent_weight=args.latent_loss_weight,
         loss_pixel_weight=args.pixel_loss_weight, controlnet_input=args.controlnet_input,
         blurry_range=args.blurry_range, posterior=args.posterior, timestep_spacing=args.timestep_spacing,
-        lkpn={"zero_init": args.lkpn_zero_init},
+        attention_window=args.attention_window, lkpn={"zero_init": args.lkpn_zero_init},
     )
     f = model.vae_scale_factor
     if args.resolution % f:

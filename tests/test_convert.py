@@ -218,3 +218,37 @@ def test_cli_reports_a_refused_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "notes.pth" in err and "released model.pth" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_window_starts_follow_the_released_grids():
+    from deblurdiff.windows import window_starts
+
+    # released SpatialTransformer.grids: (n - 1) // k + 1 windows, stride ceil((n - k) / (m - 1)), last at the border
+    assert window_starts(64, 64) == [0] and window_starts(40, 64) == [0]
+    assert window_starts(70, 64) == [0, 6] and window_starts(35, 32) == [0, 3]
+    assert window_starts(200, 64) == [0, 46, 92, 136]
+
+
+def test_attention_windows_match_the_released_code_beyond_64_latent_pixels(tiny_model, reference):
+    """At a 70x66 latent the released attention layers run in 64/32-pixel windows; the converted model
+    (attention_window 64) reproduces eps and z_s, and global attention would not."""
+    from deblurdiff.windows import set_attention_windows
+
+    assert tiny_model.config.attention_window == RELEASED_SETTINGS["attention_window"] == 64
+    g = torch.Generator().manual_seed(1)
+    z_lq, z_t = torch.randn(1, 4, 70, 66, generator=g), torch.randn(1, 4, 70, 66, generator=g)
+    with torch.no_grad():
+        eps, z_s = tiny_model.predict_eps(z_t, 700, z_lq)
+        close(eps, reference["windows_eps"], "eps with attention windows")
+        close(z_s, reference["windows_z_s"], "z_s with attention windows")
+        pair, _ = tiny_model.predict_eps(torch.cat([z_t, z_t.flip(-1)]), 700, torch.cat([z_lq, z_lq.flip(-1)]))
+        torch.testing.assert_close(pair[:1], eps, rtol=1e-5, atol=1e-5)  # each image of a batch windowed alone
+        for net, per_level in ((tiny_model.unet, True), (tiny_model.controlnet, False), (tiny_model.lkpn.unet, True)):
+            set_attention_windows(net, None, per_level)
+        try:
+            global_eps, _ = tiny_model.predict_eps(z_t, 700, z_lq)
+        finally:
+            for net, per_level in ((tiny_model.unet, True), (tiny_model.controlnet, False),
+                                   (tiny_model.lkpn.unet, True)):
+                set_attention_windows(net, 64, per_level)
+    assert (global_eps - reference["windows_eps"]).abs().max() > 1e-2

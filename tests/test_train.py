@@ -331,6 +331,9 @@ def test_recipes_set_defaults_and_explicit_options_win(pairs_dir, tmp_path, caps
     assert config["lkpn"]["zero_init"] == "residual-branches"
     loaded = DeblurDiff.from_pretrained(out / "final")
     assert loaded.config.controlnet_input == "concat"
+    opt = torch.load(out / "checkpoint-1" / "optimizer.pt", weights_only=False)
+    assert opt["param_groups"][0]["weight_decay"] == 0.01
+    assert {float(st["step"]) for st in opt["state"].values()} == {1.0}  # 2 micro-batches, one optimizer step
 
 
 @pytest.mark.parametrize(

@@ -366,3 +366,20 @@ def test_resume_path_must_be_a_complete_checkpoint(pairs_dir, tmp_path, capsys):
     code = main_for_tests(["--manifest", str(pairs_dir), "--output-dir", str(tmp_path / "out"), *BASE,
                            "--resume", str(tmp_path / "nowhere")])
     assert code == 2 and "not a complete checkpoint" in capsys.readouterr().err
+
+
+def test_tf32_switch_sets_matmul_and_cudnn_precision():
+    """What train applies on CUDA (the CUDA path itself is not exercised on a CPU machine)."""
+    from deblurdiff.train import set_tf32
+
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        set_tf32(True)
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+        set_tf32(False)
+        assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+    assert parse("--manifest", "m", "--output-dir", "o").tf32 and not parse("--manifest", "m", "--output-dir", "o",
+                                                                           "--no-tf32").tf32

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -502,30 +501,18 @@ def load_released(path: str | os.PathLike, dtype: torch.dtype | None = None, kee
 def convert(path: str | os.PathLike, output: str | os.PathLike, dtype: torch.dtype | None = None,
             text_encoder: bool = True) -> tuple[Path, dict]:
     """Write the released checkpoint ``path`` as a self-contained checkpoint folder ``output``
-    (atomically: a temporary sibling folder renamed at the end). Returns (folder, summary)."""
+    (atomically, as ``DeblurDiff.save_pretrained``). Returns (folder, parameter counts per part)."""
     path, output = Path(path), Path(output).resolve()
     model, text_model = load_released(path, dtype, keep_text_encoder=text_encoder)
-    tmp = output.with_name(f".{output.name}.converting-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     source = {"file": str(path.resolve()), "bytes": path.stat().st_size,
               "origin": "github.com/kkkls/DeblurDiff model.pth (ControlLDM state_dict)"}
-    try:
-        model.save_pretrained(tmp, include_frozen=True, extra={"converted_from": source})
-        if text_model is not None:
-            from transformers.utils import logging
+    parts = {}
+    if text_model is not None:
+        from transformers.utils import logging
 
-            logging.disable_progress_bar()
-            text_model.save_pretrained(tmp / "text_encoder")
-        old = None
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{os.getpid()}")
-            os.replace(output, old)
-        os.replace(tmp, output)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        logging.disable_progress_bar()
+        parts["text_encoder"] = text_model
+    model.save_pretrained(output, include_frozen=True, extra={"converted_from": source}, extra_parts=parts)
     counts = {name: sum(p.numel() for p in getattr(model, name).parameters())
               for name in ("unet", "vae", "controlnet", "lkpn")}
     if text_model is not None:

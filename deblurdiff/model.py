@@ -424,13 +424,14 @@ class DeblurDiff(torch.nn.Module):
     # -- save / load --------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | os.PathLike, include_frozen: bool = False,
-                        extra: dict | None = None) -> Path:
+                        extra: dict | None = None, extra_parts: dict | None = None) -> Path:
         """Write ``controlnet/``, ``lkpn/`` and ``deblurdiff.json`` to ``save_directory``, atomically:
         everything goes to a temporary sibling folder that then replaces the target.
 
         ``include_frozen``: also write the frozen parts (``vae/``, ``unet/``, ``scheduler/``,
         ``empty_text_emb.safetensors``), so the folder loads without the SD folder or preset.
         ``extra``: more JSON-able facts recorded in ``deblurdiff.json`` (e.g. where it came from).
+        ``extra_parts``: ``{subfolder: object with save_pretrained}`` written alongside (e.g. a text encoder).
         """
         target = Path(save_directory).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -446,6 +447,8 @@ class DeblurDiff(torch.nn.Module):
                 self.unet.save_pretrained(tmp / "unet")
                 self.scheduler.save_pretrained(tmp / "scheduler")
                 save_file({"empty_text_emb": self.empty_text_emb.detach().cpu().contiguous()}, tmp / TEXT_EMB_NAME)
+            for name, part in (extra_parts or {}).items():
+                part.save_pretrained(tmp / name)
             record = {
                 "format": "deblurdiff",
                 "format_version": FORMAT_VERSION,

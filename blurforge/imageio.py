@@ -107,8 +107,21 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     return _decode(_read_bytes(path), path)
 
 
+def read_image_pixels(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """``read_image`` without the conversion to float: the stored samples as ``H×W×3`` uint8 or
+    uint16 (RGB, upright), divided by ``2**info["bit_depth"] - 1`` they are ``read_image``'s
+    array. For readers that crop first (converting a crop is cheaper than the whole image)."""
+    return _decode_pixels(_read_bytes(path), path)
+
+
 def _decode(data: bytes, path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """``read_image`` on bytes already read; ``path`` only names the input in errors."""
+    rgb, info = _decode_pixels(data, path)
+    return np.divide(rgb, np.float32(2 ** info["bit_depth"] - 1), dtype=np.float32), info
+
+
+def _decode_pixels(data: bytes, path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """``read_image_pixels`` on bytes already read."""
     header = _sniff(path, data)
     conversions: list[str] = []
     if header is not None and header.mode in ("CMYK", "YCCK"):
@@ -139,9 +152,9 @@ def _decode(data: bytes, path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     elif rgb.shape[2] == 4:
         rgb = rgb[:, :, :3]
     if rgb.dtype == np.uint8:
-        bit_depth, scale = 8, np.float32(255.0)
+        bit_depth = 8
     elif rgb.dtype == np.uint16:
-        bit_depth, scale = 16, np.float32(65535.0)
+        bit_depth = 16
         conversions.append("16-bit")
     else:
         raise ImageReadError(
@@ -160,15 +173,14 @@ def _decode(data: bytes, path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         if orientation != 1:
             rgb = _apply_orientation(rgb, orientation)
             conversions.append("exif-rotated")
-    image_srgb = np.divide(rgb, scale, dtype=np.float32)
     info = {
         "format": header.format if header is not None else None,
         "bit_depth": bit_depth,
-        "width": int(image_srgb.shape[1]),
-        "height": int(image_srgb.shape[0]),
+        "width": int(rgb.shape[1]),
+        "height": int(rgb.shape[0]),
         "conversions": conversions,
     }
-    return image_srgb, info
+    return rgb, info
 
 
 def _read_bytes(path: str | os.PathLike) -> bytes:

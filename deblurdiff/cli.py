@@ -1,4 +1,4 @@
-"""The ``deblurdiff`` command line: describe, train, infer, evaluate, demo.
+"""The ``deblurdiff`` command line: describe, train, infer, evaluate, convert, demo.
 
 Each command's options and implementation live in its module (``train.py``, ``infer.py``,
 ``evaluate.py``); torch and diffusers are imported only when a command runs.
@@ -15,6 +15,10 @@ typical run:
       --mixed-precision bf16 --gradient-checkpointing
   deblurdiff infer --checkpoint run/final --input blurry/ --output deblurred/ --sampler ddim --steps 20
   deblurdiff evaluate --manifest manifest.parquet --split test --predictions deblurred/ --out report.csv
+
+the authors' released weights (model.pth of github.com/kkkls/DeblurDiff):
+  deblurdiff convert --checkpoint model.pth --output deblurdiff-released/
+  deblurdiff infer --checkpoint deblurdiff-released/ --input blurry/ --output deblurred/
 """
 
 
@@ -46,6 +50,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from deblurdiff import __version__
+    from deblurdiff.convert import add_convert_arguments, run_convert
     from deblurdiff.evaluate import add_evaluate_arguments, run_evaluate
     from deblurdiff.infer import add_infer_arguments, run_infer
     from deblurdiff.train import add_train_arguments, run_train
@@ -79,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(add("evaluate", run_evaluate,
                                "score predictions against a manifest split (PSNR/SSIM, optional LPIPS and "
                                "no-reference metrics)"))
+    add_convert_arguments(add(
+        "convert", run_convert,
+        "convert the released DeblurDiff weights (model.pth of github.com/kkkls/DeblurDiff: the whole ControlLDM "
+        "state_dict, SD 2.1-base and OpenCLIP included) into a checkpoint folder that 'deblurdiff infer "
+        "--checkpoint' loads; the released architecture and preprocessing are recorded in it",
+        argparse.RawDescriptionHelpFormatter))
     demo = add("demo", cmd_demo, "the whole mission on the embedded default: blurforge demo data -> train the tiny "
                                  "preset briefly -> infer -> evaluate")
     demo.add_argument("--out", default="demo_out", help="output directory")

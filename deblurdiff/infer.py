@@ -159,6 +159,7 @@ class InferSettings:
     tile_size: int | None = 512  # pixels; None = never tile
     tile_overlap: int = 128  # pixels
     color_fix: str = "adain"  # adain | wavelet | none
+    timestep_spacing: str | None = None  # leading | linspace | trailing; None = the checkpoint's
 
     def n_steps(self) -> int:
         from deblurdiff.sampling import DEFAULT_STEPS
@@ -206,15 +207,16 @@ class Deblurrer:
         f = model.vae_scale_factor
         big = s.tile_size is not None and max(xp.shape[-2:]) > s.tile_size
         tile = s.tile_size if big else None
-        vae_dtype, net_dtype = model.vae.dtype, model.unet.dtype
 
         with torch.no_grad():
-            z_lq = tiled_encode(model, xp.to(vae_dtype), tile, s.tile_overlap).to(net_dtype)
-            denoiser = TiledDenoiser(model, s.tile_size // f, s.tile_overlap // f) if big else model
             gens = [torch.Generator().manual_seed(seed_for(s.seed, k)) for k in keys]
+            # the blurry latent (a posterior draw from each image's generator if the model samples)
+            z_lq = tiled_encode(model, xp, tile, s.tile_overlap, generator=gens, blurry=True)
+            denoiser = TiledDenoiser(model, s.tile_size // f, s.tile_overlap // f) if big else model
+            spacing = s.timestep_spacing or getattr(model.config, "timestep_spacing", None)
 
             def decode(z):
-                return tiled_decode(model, z.to(vae_dtype), tile, s.tile_overlap).float()[..., :h, :w]
+                return tiled_decode(model, z, tile, s.tile_overlap).float()[..., :h, :w]
 
             callback = None
             if intermediates is not None:
@@ -225,7 +227,8 @@ class Deblurrer:
                         for img, d in zip(_to_numpy(decode(z)), intermediates):
                             write_bytes_atomic(d / f"step-{info['i']:03d}_{name}.png", encode_image(img))
 
-            z0 = self.sample(denoiser, z_lq, s.n_steps(), gens, callback=callback, progress=self.progress)
+            z0 = self.sample(denoiser, z_lq, s.n_steps(), gens, callback=callback, progress=self.progress,
+                             timestep_spacing=spacing)
             out = color_fix(s.color_fix, decode(z0), x)
         return _to_numpy(out)
 
@@ -299,17 +302,23 @@ def check_output(out_dir: Path, input_root: Path, jobs: list[Job], protected: se
 
 def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_required: bool) -> None:
     """Checkpoint + sampling options, shared by ``infer`` and ``evaluate``."""
-    from deblurdiff.sampling import DEFAULT_STEPS
+    from deblurdiff.sampling import DEFAULT_STEPS, SPACINGS
 
     g = parser.add_argument_group("model and sampling")
-    g.add_argument("--checkpoint", required=checkpoint_required, metavar="DIR",
-                   help="checkpoint folder written by DeblurDiff.save_pretrained / deblurdiff train")
+    g.add_argument("--checkpoint", required=checkpoint_required, metavar="DIR|FILE",
+                   help="checkpoint folder written by deblurdiff train / deblurdiff convert, or the released "
+                        "model.pth of github.com/kkkls/DeblurDiff (converted in memory; 'deblurdiff convert' saves "
+                        "the result)")
     g.add_argument("--pretrained", metavar="SD_DIR",
                    help="local diffusers folder of Stable Diffusion (overrides the path recorded in the checkpoint)")
     g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver"], default="ddpm",
                    help="ddpm: the paper's Algorithm 1; ddim / dpmsolver: fast 10–20-step variants")
     g.add_argument("--steps", type=_positive_int, default=None,
                    help="denoising steps (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")
+    g.add_argument("--timestep-spacing", choices=list(SPACINGS), default=None,
+                   help="which of the 1000 training timesteps the sampler visits: linspace (999, 979, ..., 0; the "
+                        "released code, default for converted checkpoints), leading (981, 961, ..., 1; SD's "
+                        "scheduler), trailing; default: the checkpoint's setting")
     g.add_argument("--seed", type=int, default=0, help="run seed; each image's noise derives from (seed, key)")
     g.add_argument("--tile-size", type=int, default=512,
                    help="pixels; larger images are processed in Gaussian-blended tiles (0 = never tile)")
@@ -352,6 +361,7 @@ def settings_from_args(args: argparse.Namespace) -> InferSettings:
         tile_size=args.tile_size or None,
         tile_overlap=args.tile_overlap,
         color_fix=args.color_fix,
+        timestep_spacing=args.timestep_spacing,
     )
 
 
@@ -363,7 +373,17 @@ def load_model(args: argparse.Namespace):
     dtype, note = resolve_dtype(args.dtype, device)
     if note:
         print(f"deblurdiff: {note}", file=sys.stderr)
-    model = DeblurDiff.from_pretrained(args.checkpoint, pretrained=args.pretrained)
+    from deblurdiff.convert import is_checkpoint_file, load_released
+
+    if is_checkpoint_file(args.checkpoint):
+        if args.pretrained:
+            raise ValueError(f"--pretrained does not apply to {args.checkpoint}: the released file holds its own "
+                             "Stable Diffusion weights — drop --pretrained")
+        print(f"deblurdiff: converting {args.checkpoint} in memory (save it once with 'deblurdiff convert "
+              f"--checkpoint {args.checkpoint} --output DIR' to skip this)", file=sys.stderr)
+        model, _ = load_released(args.checkpoint)
+    else:
+        model = DeblurDiff.from_pretrained(args.checkpoint, pretrained=args.pretrained)
     return prepare_model(model, device, dtype), device, str(dtype).replace("torch.", "")
 
 
@@ -418,7 +438,9 @@ def run_infer(args: argparse.Namespace) -> int:
     record = {
         "input": str(src),
         "checkpoint": str(args.checkpoint),
-        "settings": asdict(settings) | {"steps": settings.n_steps()},
+        "settings": asdict(settings) | {"steps": settings.n_steps(),
+                                        "timestep_spacing": settings.timestep_spacing
+                                        or getattr(model.config, "timestep_spacing", None) or "scheduler default"},
         "device": str(device),
         "dtype": dtype_name,
         "batch_size": args.batch_size,

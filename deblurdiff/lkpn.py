@@ -9,7 +9,12 @@ deblurring kernel. The kernels are applied to ``z_lq`` by Element-wise Adaptive 
     z_s = eac(z_lq, K) + z_lq                         # (B, 4, h, w)
 
 The UNet's output layer (GroupNorm - SiLU - conv3x3) has its conv zero-initialised, so at
-initialisation ``K == 0`` and ``z_s == z_lq`` exactly.
+initialisation ``K == 0`` and ``z_s == z_lq`` exactly. ``zero_init="residual-branches"`` (the
+released code's LDM UNet) also zero-initialises the last conv of every ResBlock and the output
+projection of every transformer block, so each block starts as the identity on its skip path.
+
+The input order is ``cat(z_lq, z_t)`` (blurry latent first), as in the released code
+(``LKPN.forward``: ``merge = torch.cat([x, hint], dim=1)`` with ``x = c_img``, ``hint = x_noisy``).
 
 Paper size: block channels (128, 256, 512, 512), 2 ResBlocks per level, GroupNorm(32), SiLU,
 timestep embedding added in every ResBlock, transformer blocks (self-attention + cross-attention
@@ -37,6 +42,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from deblurdiff.ops import eac
+
+ZERO_INITS = ("output", "residual-branches")
 
 
 @dataclass
@@ -75,6 +82,7 @@ class LKPN(ModelMixin, ConfigMixin):
         norm_num_groups: int = 32,
         static: bool = False,
         direct: bool = False,
+        zero_init: str = "output",
     ):
         """
         Args:
@@ -88,10 +96,15 @@ class LKPN(ModelMixin, ConfigMixin):
             norm_num_groups: GroupNorm groups.
             static: ablation "LKPN without z_t": input z_lq only, timestep fixed to 0.
             direct: ablation "no EAC": predict a latent residual instead of kernels.
+            zero_init: "output" (only the output conv starts at zero) or "residual-branches"
+                (also every ResBlock's conv2 and every transformer's proj_out, as the released
+                code's LDM UNet).
         """
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"LKPN: kernel_size must be a positive odd int, got {kernel_size}")
+        if zero_init not in ZERO_INITS:
+            raise ValueError(f"LKPN: zero_init {zero_init!r} unknown — choose one of {', '.join(ZERO_INITS)}")
         if any(c % attention_head_dim for c in block_out_channels):
             raise ValueError(
                 f"LKPN: block_out_channels {tuple(block_out_channels)} must be multiples of "
@@ -114,8 +127,15 @@ class LKPN(ModelMixin, ConfigMixin):
             attention_head_dim=tuple(c // attention_head_dim for c in block_out_channels),
             use_linear_projection=True,
         )
-        torch.nn.init.zeros_(self.unet.conv_out.weight)
-        torch.nn.init.zeros_(self.unet.conv_out.bias)
+        zeroed = [self.unet.conv_out]
+        if zero_init == "residual-branches":
+            for name, module in self.unet.named_modules():
+                if name.endswith("resnets") or name.endswith("attentions"):
+                    for block in module:
+                        zeroed.append(block.conv2 if hasattr(block, "conv2") else block.proj_out)
+        for module in zeroed:
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
 
     def forward(
         self,
@@ -126,7 +146,8 @@ class LKPN(ModelMixin, ConfigMixin):
     ) -> LKPNOutput:
         """
         Args:
-            z_lq: (B, C, h, w) blurry latent.
+            z_lq: (B, C, h, w) blurry latent; any float dtype (the UNet reads it in its own dtype,
+                the residual ``+ z_lq`` keeps its precision).
             z_t: (B, C, h, w) noisy latent at step t; ignored (may be None) when ``static``.
             t: (B,) or scalar timestep; ignored (may be None) when ``static``.
             text_emb: (B or 1, L, cross_attention_dim) text embedding (the empty prompt).
@@ -142,7 +163,7 @@ class LKPN(ModelMixin, ConfigMixin):
             x = torch.cat([z_lq, z_t], dim=1)
         if text_emb.shape[0] != b:
             text_emb = text_emb.expand(b, *text_emb.shape[1:])
-        out = self.unet(x, t, encoder_hidden_states=text_emb).sample
+        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=text_emb.to(self.dtype)).sample
         if self.config.direct:
             return LKPNOutput(kernels=None, z_s=out + z_lq)
         return LKPNOutput(kernels=out, z_s=eac(z_lq, out) + z_lq)

@@ -24,6 +24,17 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from deblurdiff.model import DeblurDiff, DeblurDiffConfig
 
 PRESETS = ("tiny", "sd21-base", "sd15")
+# The released code's architecture and preprocessing (kkkls/DeblurDiff, model/cldm.py, utils/pipeline.py,
+# model/unet.py): DeblurDiffConfig overrides that build_model(**RELEASED_SETTINGS) applies and that
+# 'deblurdiff convert' records in converted checkpoints.
+RELEASED_SETTINGS = {
+    "controlnet_input": "concat",  # one conv3x3 over cat(z_t, z_lq, z_s), 12 -> 320
+    "blurry_range": "unit",  # the blurry image enters the VAE in [0, 1] (the sharp one in [-1, 1])
+    "posterior": "sample",  # vae_encode(..., sample=True)
+    "timestep_spacing": "linspace",  # SpacedSampler: 999, 979, 958, ..., 20, 0 for 50 steps
+    "attention_window": 64,  # SpatialTransformer(kernel_size=(64, 64)): windowed attention (deblurdiff.windows)
+    "lkpn": {"zero_init": "residual-branches"},  # LDM zero_module on ResBlock conv2 and proj_out
+}
 SD_SOURCES = {
     "sd21-base": "stabilityai/stable-diffusion-2-1-base",
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",

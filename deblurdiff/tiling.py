@@ -153,17 +153,17 @@ class TiledDenoiser:
 
 
 @torch.no_grad()
-def tiled_encode(model, images: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
-    """``model.encode`` over Gaussian-blended pixel tiles. ``tile`` / ``overlap`` in pixels
-    (multiples of the VAE factor); ``None`` or an image that fits = one pass."""
+def tiled_encode(model, images: torch.Tensor, tile: int | None, overlap: int, **encode_kwargs) -> torch.Tensor:
+    """``model.encode(..., **encode_kwargs)`` over Gaussian-blended pixel tiles. ``tile`` /
+    ``overlap`` in pixels (multiples of the VAE factor); ``None`` or an image that fits = one pass."""
     f = model.vae_scale_factor
     h, w = images.shape[-2] // f, images.shape[-1] // f
     if tile is None or (images.shape[-2] <= tile and images.shape[-1] <= tile):
-        return model.encode(images)
+        return model.encode(images, **encode_kwargs)
     acc = None
     for lt in tile_grid(h, w, tile // f, overlap // f):
         ys, xs = lt.scaled(f).region()
-        z = model.encode(images[:, :, ys, xs])
+        z = model.encode(images[:, :, ys, xs], **encode_kwargs)
         if acc is None:
             acc = Blender((images.shape[0], z.shape[1], h, w), images.device)
         acc.add(lt, z)

@@ -4,19 +4,30 @@ One CPU, one GPU, or many (``accelerate launch`` / ``torchrun``) through acceler
 ``Accelerator``; nothing home-made for distribution except sharding the sample stream by rank
 (``deblurdiff.data.SampleStream``).
 
+Batches: ``--batch-size`` is the global batch of one optimizer step (all processes together);
+each process runs ``--micro-batch-size`` pairs per forward and accumulates gradients over
+``batch-size / (processes x micro-batch-size)`` micro-batches. The split is printed at start-up.
+
 One optimizer step::
 
-    for each of --grad-accum micro-batches (per process):
+    for each of the accumulation micro-batches (per process):
         losses = model.training_losses(blurry, sharp, noise_generator)   # autocast
         backward(losses["loss"])        # always, so DDP ranks stay in lock-step
     if any process saw a non-finite loss, or the gradient norm is non-finite:
         skip: zero the gradients, no optimizer or LR step, count it (skipped_nonfinite)
     else:
-        clip to --max-grad-norm, optimizer step, LR step
+        clip to --max-grad-norm (0 = no clipping), optimizer step, LR step
 
-Mixed precision: the frozen VAE and UNet are cast to fp16/bf16; the trained ControlNet and LKPN
-keep fp32 master weights; the forward runs under autocast (fp16 adds accelerate's GradScaler,
-whose overflow skips are counted as ``skipped_overflow``).
+Recipes (``--recipe``) set the defaults of the optimisation and model options together: ``paper``
+(Kong et al. 2025) and ``released`` (the authors' code, github.com/kkkls/DeblurDiff); any option
+given explicitly wins. :data:`RECIPES` lists them.
+
+Mixed precision: the frozen UNet is cast to fp16/bf16, the VAE too unless its config asks for
+fp32 (``force_upcast``, SD's VAE), in which case it also runs in fp32 under autocast; the
+trained ControlNet and LKPN keep fp32 master weights; the forward runs under autocast (fp16 adds
+accelerate's GradScaler, whose overflow skips are counted as ``skipped_overflow``). Latents,
+noise and z_t stay fp32; each network casts its own inputs. On CUDA, fp32 matmuls use TF32
+unless ``--no-tf32``.
 
 Outputs in ``--output-dir D``:
 
@@ -53,22 +64,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EPILOG = """\
-defaults follow the paper (Kong et al. 2025): Adam-family optimizer at lr 5e-5 (AdamW with
-weight decay 0 is exactly Adam), 512x512 crops, batch 128 (8 GPUs x 16), 100k steps.
-The released code uses AdamW lr 1e-4, batch 64, 200k steps, fp32 and gradient checkpointing:
-  --lr 1e-4 --max-steps 200000 --mixed-precision no --gradient-checkpointing
-  (batch 64 = --batch-size x --grad-accum x number of processes)
+recipes (--recipe; an option given explicitly overrides its recipe value):
+  paper     Kong et al. 2025: Adam (AdamW, weight decay 0), lr 5e-5, global batch 128, 100k steps,
+            512x512 crops; clipping at 1.0 and fp32 are this project's choices (the paper names none);
+            model: diffusers' ControlNet conditioning embedding, blurry image in [-1, 1], posterior mean.
+  released  the authors' code (github.com/kkkls/DeblurDiff train.py, configs/train/train.yaml):
+            AdamW lr 1e-4, weight decay 0.01 (torch's default), no gradient clipping, no LR schedule,
+            global batch 64, 200k steps, fp32, gradient checkpointing; model: one conv over
+            cat(z_t, z_lq, z_s) into the ControlNet, blurry image in [0, 1], posterior sampling, LKPN
+            ResBlock/attention outputs zero-initialised, attention in 64-pixel latent windows
+            (no effect at 512 crops), linspace timesteps for validation.
+            (Not reproduced: its dataset drops the caption to "" for half the samples; here the
+            prompt is always empty.)
 
---batch-size is per process; the effective batch is batch-size x grad-accum x processes.
-Pairs smaller than --resolution are reflect-padded (--small-pairs pad) or dropped (skip);
-either way they are counted in the summary and metrics.
+--batch-size is the global batch per optimizer step: processes x --micro-batch-size x accumulation
+steps. E.g. batch 128 on 8 GPUs with --micro-batch-size 16 takes 1 micro-batch per step; on 1 GPU,
+8 accumulated micro-batches. Pairs smaller than --resolution are reflect-padded (--small-pairs pad)
+or dropped (skip); either way they are counted in the summary and metrics.
 
 examples:
-  deblurdiff train --manifest pairs/ --preset tiny --resolution 32 --max-steps 100 --output-dir runs/tiny
-  accelerate launch -m deblurdiff train --manifest m.parquet --preset sd21-base --pretrained SD21 \\
-      --output-dir runs/sd --batch-size 16 --mixed-precision bf16 --gradient-checkpointing
+  deblurdiff train --manifest pairs/ --preset tiny --resolution 32 --batch-size 4 --max-steps 100 --output-dir runs/tiny
+  accelerate launch --num_processes 8 -m deblurdiff train --manifest m.parquet --preset sd21-base --pretrained SD21 \\
+      --output-dir runs/sd --micro-batch-size 16 --mixed-precision bf16 --gradient-checkpointing   # batch 128
+  accelerate launch --num_processes 8 -m deblurdiff train --recipe released --manifest m.parquet --preset sd21-base \\
+      --pretrained SD21 --output-dir runs/released --micro-batch-size 8                              # batch 64
   deblurdiff train ... --output-dir runs/sd --resume latest      # continue after a crash / preemption
 """
+
+# Defaults of the recipe-controlled options (argparse leaves them None; apply_recipe fills them in).
+RECIPES = {
+    "paper": {
+        "optimizer": "adamw", "lr": 5e-5, "weight_decay": 0.0, "batch_size": 128, "max_steps": 100_000,
+        "max_grad_norm": 1.0, "mixed_precision": "no", "gradient_checkpointing": False,
+        "controlnet_input": "embedding", "blurry_range": "signed", "posterior": "mode", "lkpn_zero_init": "output",
+        "timestep_spacing": None, "attention_window": None,
+    },
+    "released": {
+        "optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01, "batch_size": 64, "max_steps": 200_000,
+        "max_grad_norm": 0.0, "mixed_precision": "no", "gradient_checkpointing": True,
+        # deblurdiff.presets.RELEASED_SETTINGS
+        "controlnet_input": "concat", "blurry_range": "unit", "posterior": "sample",
+        "lkpn_zero_init": "residual-branches", "timestep_spacing": "linspace", "attention_window": 64,
+    },
+}
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_NAME = "state.json"
@@ -100,7 +138,9 @@ def _nonneg_float(text: str) -> float:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``train`` options to ``p`` (and its epilog); returns ``p``."""
-    from deblurdiff.model import VARIANTS
+    from deblurdiff.lkpn import ZERO_INITS
+    from deblurdiff.model import BLURRY_RANGES, CONTROLNET_INPUTS, POSTERIORS, VARIANTS
+    from deblurdiff.sampling import SPACINGS
 
     p.description = " ".join(filter(None, [
         p.description,
@@ -119,32 +159,65 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--small-pairs", choices=["pad", "skip"], default="pad",
                    help="pairs smaller than the crop: reflect-pad them or drop them (counted either way; default pad)")
     g.add_argument("--no-flip", action="store_true", help="no random horizontal/vertical flips")
-    g.add_argument("--num-workers", metavar="N", type=_nonneg_int, default=2, help="DataLoader worker processes (default 2)")
+    g.add_argument("--num-workers", metavar="N", type=_nonneg_int, default=None,
+                   help="DataLoader worker processes per training process (default: from the CPU count, "
+                        "printed at start-up)")
 
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=["sd21-base", "sd15", "tiny"], default="sd21-base",
                    help="frozen SD parts: sd* from --pretrained, tiny = seeded random miniature (default sd21-base)")
     g.add_argument("--pretrained", metavar="SD_DIR", help="local diffusers folder of Stable Diffusion (sd presets)")
     g.add_argument("--variant", choices=list(VARIANTS), default="lkpn", help="conditioning variant (default lkpn)")
+    g.add_argument("--recipe", choices=list(RECIPES), default="paper",
+                   help="defaults of the options marked 'recipe' below: paper or released (see the end of --help)")
+    g.add_argument("--controlnet-input", choices=list(CONTROLNET_INPUTS), default=None,
+                   help="how the condition enters the ControlNet: embedding (diffusers' conv-SiLU-zero conv, "
+                        "added to conv_in) or concat (one conv over cat(z_t, condition), the released code) "
+                        "(recipe: paper embedding, released concat)")
+    g.add_argument("--blurry-range", choices=list(BLURRY_RANGES), default=None,
+                   help="range the blurry image enters the VAE in: signed [-1, 1] or unit [0, 1] "
+                        "(recipe: paper signed, released unit)")
+    g.add_argument("--posterior", choices=list(POSTERIORS), default=None,
+                   help="latents from the VAE posterior: mode (mean) or sample (recipe: paper mode, released sample)")
+    g.add_argument("--lkpn-zero-init", choices=list(ZERO_INITS), default=None,
+                   help="zero-initialised LKPN layers: output (the output conv) or residual-branches (also every "
+                        "ResBlock's conv2 and attention proj_out) (recipe: paper output, released residual-branches)")
+    g.add_argument("--timestep-spacing", choices=list(SPACINGS), default=None,
+                   help="sampler timestep spacing for validation, recorded in the checkpoint for infer "
+                        "(recipe: paper = the scheduler's own, released linspace)")
+    g.add_argument("--attention-window", metavar="PX", type=_positive_int, default=None,
+                   help="attention in windows of PX latent pixels (halved per level in the UNets), as the released "
+                        "code; only latents larger than PX are affected (recipe: paper global, released 64)")
     g.add_argument("--eps-loss-weight", metavar="W", type=_nonneg_float, default=1.0, help="weight of mse(eps_pred, eps) (default 1)")
     g.add_argument("--latent-loss-weight", metavar="W", type=_nonneg_float, default=1.0, help="weight of mse(z_s, z0) (default 1)")
     g.add_argument("--pixel-loss-weight", metavar="W", type=_nonneg_float, default=0.0,
                    help="weight of the paper's pixel loss through the frozen decoder (default 0 = off)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", metavar="B", type=_positive_int, default=4, help="pairs per process per micro-batch (default 4)")
-    g.add_argument("--grad-accum", metavar="N", type=_positive_int, default=1, help="micro-batches per optimizer step (default 1)")
-    g.add_argument("--max-steps", metavar="N", type=_positive_int, default=100_000, help="optimizer steps in total (default 100000)")
-    g.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw",
-                   help="adamw (decoupled weight decay) or adam (L2 in the gradient) (default adamw)")
-    g.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5, the paper)")
-    g.add_argument("--weight-decay", metavar="WD", type=_nonneg_float, default=0.0, help="default 0 (= Adam)")
+    g.add_argument("--batch-size", metavar="B", type=_positive_int, default=None,
+                   help="global batch per optimizer step, all processes together (recipe: paper 128, released 64)")
+    g.add_argument("--micro-batch-size", metavar="M", type=_positive_int, default=None,
+                   help="pairs per process per forward; gradients accumulate over batch / (processes x M) "
+                        "micro-batches (default: batch / processes, no accumulation)")
+    g.add_argument("--max-steps", metavar="N", type=_positive_int, default=None,
+                   help="optimizer steps in total (recipe: paper 100000, released 200000)")
+    g.add_argument("--optimizer", choices=["adamw", "adam"], default=None,
+                   help="adamw (decoupled weight decay) or adam (L2 in the gradient); with weight decay 0 both are "
+                        "Adam (recipe: adamw)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (recipe: paper 5e-5, released 1e-4)")
+    g.add_argument("--weight-decay", metavar="WD", type=_nonneg_float, default=None,
+                   help="(recipe: paper 0, released 0.01)")
     g.add_argument("--lr-warmup", type=_nonneg_int, default=0, metavar="STEPS",
                    help="linear warm-up steps, then constant (default 0)")
-    g.add_argument("--max-grad-norm", metavar="NORM", type=_nonneg_float, default=1.0, help="gradient clipping, 0 = off (default 1)")
-    g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
-                   help="half-precision frozen parts + autocast; trained weights stay fp32 (default no)")
-    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    g.add_argument("--max-grad-norm", metavar="NORM", type=_nonneg_float, default=None,
+                   help="gradient clipping, 0 = off (recipe: paper 1, released 0)")
+    g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="half-precision frozen parts + autocast; trained weights, latents and noise stay fp32 "
+                        "(recipe: no)")
+    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="trade compute for activation memory (recipe: paper off, released on)")
+    g.add_argument("--no-tf32", dest="tf32", action="store_false",
+                   help="on CUDA, keep fp32 matmuls and convolutions in full fp32 (default: TF32 allowed)")
     g.add_argument("--seed", metavar="S", type=int, default=0, help="seeds the new weights, the data order, crops and noise")
 
     g = p.add_argument_group("output")
@@ -214,12 +287,14 @@ def half_dtype(mixed_precision: str):
 
 
 def cast_frozen(model, dtype) -> None:
-    """Cast the frozen VAE and UNet to ``dtype`` (no-op for None); trained parts stay fp32."""
+    """Cast the frozen UNet, and the VAE unless its config asks for fp32 (``force_upcast``), to
+    ``dtype`` (no-op for None); trained parts stay fp32."""
     import torch
 
     if dtype is None:
         return
-    for module in (model.vae, model.unet):
+    parts = [model.unet] + ([] if model.vae.config.get("force_upcast", False) else [model.vae])
+    for module in parts:
         if getattr(module, "_keep_in_fp32_modules", None):
             module.to(dtype=dtype)  # diffusers' own .to (warns about those modules)
         else:  # nothing to keep in fp32: skip diffusers' .to, which warns even about an empty list
@@ -238,6 +313,42 @@ def build_scheduler(optimizer, warmup: int):
     import torch
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+
+
+def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every recipe-controlled option left unset (None) from ``RECIPES[args.recipe]``; returns args."""
+    for name, value in RECIPES[getattr(args, "recipe", None) or "paper"].items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return args
+
+
+def split_batch(batch: int, processes: int, micro: int | None) -> tuple[int, int]:
+    """(pairs per process per forward, accumulation steps) for a global ``batch`` over ``processes``."""
+    if micro is None:
+        if batch % processes:
+            raise ValueError(f"--batch-size {batch} does not split over {processes} processes — choose a multiple of "
+                             f"{processes}, or set --micro-batch-size")
+        return batch // processes, 1
+    if batch % (processes * micro):
+        raise ValueError(f"--batch-size {batch} is not a multiple of {processes} process(es) x --micro-batch-size "
+                         f"{micro} — the global batch must be processes x micro-batch x accumulation steps")
+    return micro, batch // (processes * micro)
+
+
+def default_num_workers(processes_on_node: int) -> int:
+    """DataLoader workers per training process: the CPUs this process may use, shared by the
+    training processes of the node, less one for the process itself; 1 to 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus // max(1, processes_on_node) - 1))
+
+
+def set_tf32(enabled: bool) -> None:
+    """Allow (or forbid) TF32 for fp32 matmuls and cuDNN convolutions on CUDA."""
+    import torch
+
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -361,10 +472,8 @@ def save_checkpoint(accelerator, output_dir: Path, model, optimizer, scheduler, 
 def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, generator) -> TrainState:
     """Restore trained weights, optimizer, scheduler, scaler and RNG from ``path``; returns the state."""
     import torch
-    from diffusers import ControlNetModel
 
-    from deblurdiff.lkpn import LKPN
-    from deblurdiff.model import CONFIG_NAME
+    from deblurdiff.model import CONFIG_NAME, load_trained_parts
 
     record = json.loads((path / STATE_NAME).read_text())
     saved = json.loads((path / "model" / CONFIG_NAME).read_text())["config"]
@@ -374,12 +483,12 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, genera
         raise ValueError(
             f"{path}: checkpoint was trained with {', '.join(f'{k}={saved.get(k)!r}' for k in differ)} "
             f"but this run has {', '.join(f'{k}={now[k]!r}' for k in differ)} — resume with the same "
-            "--preset/--variant/--seed/loss weights, or start a new --output-dir"
+            "--preset/--variant/--seed/--recipe/model options/loss weights, or start a new --output-dir"
         )
-    src = ControlNetModel.from_pretrained(path / "model" / "controlnet", local_files_only=True)
-    model.controlnet.load_state_dict(src.state_dict())
+    controlnet, lkpn = load_trained_parts(path / "model", model.config)
+    model.controlnet.load_state_dict(controlnet.state_dict())
     if model.lkpn is not None:
-        model.lkpn.load_state_dict(LKPN.from_pretrained(path / "model" / "lkpn", local_files_only=True).state_dict())
+        model.lkpn.load_state_dict(lkpn.state_dict())
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
     if accelerator.scaler is not None and (path / "scaler.pt").is_file():
@@ -459,11 +568,12 @@ def validate(accelerator, model, val_set, step: int, args, out_dir: Path) -> dic
     gen = torch.Generator().manual_seed(args.seed)  # the same noise at every validation
     scores = {"psnr": [], "ssim": [], "psnr_blurry": [], "ssim_blurry": []}
     with torch.no_grad(), accelerator.autocast():
-        for i in range(0, len(val_set), args.batch_size):
-            items = [val_set[j] for j in range(i, min(len(val_set), i + args.batch_size))]
+        for i in range(0, len(val_set), args.micro_batch_size):
+            items = [val_set[j] for j in range(i, min(len(val_set), i + args.micro_batch_size))]
             blurry = torch.stack([it["blurry"] for it in items]).to(accelerator.device)
-            z_lq = model.encode(blurry).float()
-            out = model.decode(sample_ddim(model, z_lq, args.val_steps, gen)).float().cpu()
+            z_lq = model.encode(blurry, gen, blurry=True)
+            z0 = sample_ddim(model, z_lq, args.val_steps, gen, timestep_spacing=model.config.timestep_spacing)
+            out = model.decode(z0).float().cpu()
             for it, o in zip(items, out):
                 b, s = (it["blurry"].permute(1, 2, 0).numpy(), it["sharp"].permute(1, 2, 0).numpy())
                 o = o.permute(1, 2, 0).numpy()
@@ -493,6 +603,7 @@ class TrainResult:
 
 
 def _check_args(args) -> None:
+    apply_recipe(args)
     if args.preset != "tiny" and not args.pretrained:
         raise ValueError(f"--preset {args.preset} needs --pretrained SD_DIR (a local diffusers copy); "
                          "--preset tiny trains a seeded miniature without one")
@@ -518,12 +629,26 @@ def train(args: argparse.Namespace) -> TrainResult:
 
     t_start = time.perf_counter()
     out = Path(args.output_dir)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    args.micro_batch_size, args.grad_accum = split_batch(args.batch_size, accelerator.num_processes,
+                                                         args.micro_batch_size)
+    accelerator.gradient_accumulation_steps = args.grad_accum
     main = accelerator.is_main_process
     if args.mixed_precision == "fp16" and accelerator.device.type != "cuda":
         raise ValueError(f"--mixed-precision fp16 needs a CUDA GPU (this run is on {accelerator.device.type}); "
                          "use bf16, or no")
     rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.device.type == "cuda":
+        set_tf32(args.tf32)
+    if args.num_workers is None:
+        args.num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    if main:
+        clip = f"clipping at {args.max_grad_norm:g}" if args.max_grad_norm else "no clipping"
+        print(f"deblurdiff train: recipe {args.recipe}: global batch {args.batch_size} = {world} process(es) x "
+              f"{args.micro_batch_size} pairs x {args.grad_accum} accumulation step(s); {args.optimizer} lr "
+              f"{args.lr:g} weight decay {args.weight_decay:g}, {clip}; precision {args.mixed_precision}"
+              f"{', TF32' if accelerator.device.type == 'cuda' and args.tf32 else ''}; {args.num_workers} data "
+              f"worker(s) per process", file=sys.stderr)
 
     # -- where we start ---------------------------------------------------------------------
     resume_from = find_checkpoint(out, args.resume)
@@ -551,7 +676,9 @@ def train(args: argparse.Namespace) -> TrainResult:
     model = build_model(
         args.preset, pretrained=args.pretrained, variant=args.variant, seed=args.seed,
         loss_eps_weight=args.eps_loss_weight, loss_latent_weight=args.latent_loss_weight,
-        loss_pixel_weight=args.pixel_loss_weight,
+        loss_pixel_weight=args.pixel_loss_weight, controlnet_input=args.controlnet_input,
+        blurry_range=args.blurry_range, posterior=args.posterior, timestep_spacing=args.timestep_spacing,
+        attention_window=args.attention_window, lkpn={"zero_init": args.lkpn_zero_init},
     )
     f = model.vae_scale_factor
     if args.resolution % f:
@@ -588,14 +715,14 @@ def train(args: argparse.Namespace) -> TrainResult:
 
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=args.batch_size,
+        batch_size=args.micro_batch_size,
         sampler=SampleStream(state.next_sample, rank, world),
         num_workers=args.num_workers,
         pin_memory=accelerator.device.type == "cuda",
         persistent_workers=False,
     )
     batches = iter(loader)
-    global_batch = args.batch_size * world
+    global_batch = args.micro_batch_size * world  # samples consumed per micro-batch, all processes
 
     # -- loop -------------------------------------------------------------------------------
     bar = tqdm(total=args.max_steps, initial=state.step, desc="train", unit="step",

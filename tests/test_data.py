@@ -162,3 +162,37 @@ def test_pairs_are_stored_column_wise_and_pickle_small(pairs_dir):
     assert [p for p in again] == [p for p in pairs]
     # no Python object per pair: the pickle is Arrow buffers, a few hundred bytes per pair at most
     assert len(pickle.dumps(pairs)) < 16 * 300 + 4096
+
+
+def test_crop_first_equals_decoding_to_float_then_cropping(tmp_path):
+    """Items come from crops of the stored 8/16-bit samples; they equal cropping the float image that
+    read_image returns, bit for bit, with padding and flips, for 8-bit and 16-bit files."""
+    import cv2
+    import pyarrow as pa
+
+    from blurforge.imageio import read_image
+    from deblurdiff.data import PairList, PairSet, center_params, to_tensor, FixedPairs
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for key, dtype, (w, h) in (("eight", np.uint8, (70, 50)), ("sixteen", np.uint16, (45, 80))):
+        top = np.iinfo(dtype).max
+        for kind in ("blur", "sharp"):
+            img = rng.integers(0, top + 1, (h, w, 3), dtype=np.int64).astype(dtype)
+            assert cv2.imwrite(str(tmp_path / f"{key}_{kind}.png"), img)
+        rows.append({"key": key, "blur_path": f"{key}_blur.png", "sharp_path": f"{key}_sharp.png",
+                     "width": w, "height": h, "manifest": 0})
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("key", pa.string()), ("blur_path", pa.string()), ("sharp_path", pa.string()),
+        ("width", pa.int32()), ("height", pa.int32()), ("manifest", pa.int32())]))
+    pairs = PairSet(PairList(table, [str(tmp_path)]), [str(tmp_path)], [2], 2, "pad", "train")
+    ds = PairCrops(pairs, 64, seed=3)
+    for g in range(8):
+        item = ds[g]
+        pair, p = ds.params(g)
+        for kind, path in (("blurry", pair.blur), ("sharp", pair.sharp)):
+            want = to_tensor(apply_crop(read_image(path)[0], p, 64))
+            assert item[kind].dtype == torch.float32 and torch.equal(item[kind], want), (g, kind)
+    val = FixedPairs(pairs, 64, 2)[1]
+    full = read_image(pairs.pairs[1].sharp)[0]
+    assert torch.equal(val["sharp"], to_tensor(apply_crop(full, center_params(*full.shape[:2], 64), 64)))

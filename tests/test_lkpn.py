@@ -146,3 +146,27 @@ def test_invalid_configs_are_rejected():
         LKPN(**{**TINY, "kernel_size": 4})
     with pytest.raises(ValueError, match="multiples of attention_head_dim"):
         LKPN(**{**TINY, "attention_head_dim": 24})
+
+
+def test_input_order_is_blurry_latent_first():
+    """The UNet reads cat(z_lq, z_t), as the released LKPN (merge = cat([c_img, x_noisy])): with the
+    weights of conv_in's last four input channels at zero, the output ignores z_t and follows z_lq."""
+    lkpn = tiny_lkpn()
+    perturb(lkpn)
+    with torch.no_grad():
+        lkpn.unet.conv_in.weight[:, 4:] = 0
+    z_lq, z_t, t, text = inputs()
+    base = lkpn(z_lq, z_t, t, text).kernels
+    assert torch.equal(lkpn(z_lq, torch.randn_like(z_t), t, text).kernels, base)
+    assert not torch.allclose(lkpn(torch.randn_like(z_lq), z_t, t, text).kernels, base)
+
+
+def test_residual_branch_zero_init_is_the_identity_on_skip_paths():
+    lkpn = tiny_lkpn(zero_init="residual-branches")
+    for name, module in lkpn.unet.named_modules():
+        if name.endswith(("conv2", "proj_out", "conv_out")):
+            assert not module.weight.any() and not module.bias.any(), name
+    z_lq, z_t, t, text = inputs()
+    assert torch.equal(lkpn(z_lq, z_t, t, text).z_s, z_lq)
+    with pytest.raises(ValueError, match="zero_init 'all' unknown"):
+        tiny_lkpn(zero_init="all")

@@ -264,6 +264,58 @@ def test_gradient_checkpointing_keeps_losses_and_gradients():
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
 
 
+def saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd saves for backward while ``fn`` runs (outside checkpointed regions)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+@pytest.mark.parametrize("part", ["unet", "controlnet", "lkpn"])
+def test_gradient_checkpointing_saves_activations_in_every_part(part):
+    """Checkpointing must actually drop activations in each part — also in the frozen UNet, which is
+    in eval mode (diffusers < 0.32 checkpointed only modules in training mode, so there it did nothing)."""
+    model = build_model("tiny")
+    perturb(model.controlnet)
+    perturb(model.lkpn)
+    z_t, z_lq = latents(b=2, h=16)
+    t = torch.tensor([10, 700])
+    text = model.empty_text_emb.expand(2, -1, -1)
+    cond = torch.cat([z_lq, z_lq], 1)
+
+    def make_forward():  # the part's forward as in training, returning the scalar to backpropagate
+        if part == "lkpn":
+            return lambda: model.lkpn(z_lq, z_t, t, text).z_s.square().mean()
+        if part == "controlnet":
+            return lambda: sum(r.square().mean() for r in model.controlnet(z_t, t, text, controlnet_cond=cond,
+                                                                           return_dict=False)[0])
+        down, mid = model.controlnet(z_t, t, text, controlnet_cond=cond, return_dict=False)  # outside the count
+        return lambda: model.unet(z_t, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                                  mid_block_additional_residual=mid).sample.square().mean()
+
+    grads, sizes = [], []
+    for enabled in (False, True):
+        if enabled:
+            getattr(model, part).enable_gradient_checkpointing()
+        assert not model.unet.training and model.controlnet.training
+        for p in model.trainable_parameters():
+            p.grad = None
+        forward, loss = make_forward(), {}
+        sizes.append(saved_bytes(lambda: loss.update(value=forward())))
+        loss["value"].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.trainable_parameters() if p.grad is not None]))
+    off, on = sizes
+    assert on < 0.5 * off, f"{part}: {on} bytes saved with checkpointing vs {off} without"
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():

@@ -32,20 +32,42 @@ class Recorder:
         return self.model.predict_eps(z_t, t, z_lq)
 
 
+def respaced(n_train: int, steps: int) -> list[int]:
+    """guided-diffusion's space_timesteps(n_train, str(steps)) (one section), as the released sampler
+    uses it: steps indices round(i * (n_train - 1) / (steps - 1)), accumulated, then walked downwards."""
+    stride, cur, taken = (n_train - 1) / (steps - 1), 0.0, []
+    for _ in range(steps):
+        taken.append(round(cur))
+        cur += stride
+    return sorted(taken, reverse=True)
+
+
 def test_default_ddpm_is_50_respaced_steps(model):
-    sched = make_scheduler("ddpm", model.scheduler, DEFAULT_STEPS["ddpm"])
     assert DEFAULT_STEPS["ddpm"] == 50
-    assert len(sched.timesteps) == 50 and sched.timesteps[0] > sched.timesteps[-1] == 0
+    # tiny/SD schedule without an offset: "leading" = 1000 // 50 strides from 0
+    leading = make_scheduler("ddpm", model.scheduler, 50).timesteps.tolist()
+    assert leading == list(range(980, -1, -20))
+    # SD 2.1-base's scheduler config has steps_offset 1: 981, 961, ..., 1
+    sd_config = type(model.scheduler).from_config(model.scheduler.config, steps_offset=1)
+    assert make_scheduler("ddpm", sd_config, 50).timesteps.tolist() == list(range(981, 0, -20))
+    linspace = make_scheduler("ddpm", model.scheduler, 50, timestep_spacing="linspace").timesteps.tolist()
+    assert linspace == respaced(1000, 50)
+    assert linspace[:5] == [999, 979, 958, 938, 917] and linspace[-3:] == [41, 20, 0]
+    with pytest.raises(ValueError, match="spacing 'uniform' unknown"):
+        make_scheduler("ddpm", model.scheduler, 50, timestep_spacing="uniform")
 
 
-def test_ddpm_is_algorithm_1_written_out(model, z_lq):
-    """sample_ddpm == a hand-written DDPM posterior loop with LKPN -> EAC -> ControlNet -> UNet per step."""
+@pytest.mark.parametrize("spacing, ts", [("leading", [666, 333, 0]), ("linspace", [999, 500, 0])])
+def test_ddpm_is_algorithm_1_written_out(model, z_lq, spacing, ts):
+    """sample_ddpm == a hand-written DDPM posterior loop with LKPN -> EAC -> ControlNet -> UNet per step,
+    on timesteps written out for both spacings (leading: 1000 // 3 strides; linspace: the released
+    respacing round(i * 999 / 2))."""
     steps = 3
+    assert respaced(1000, steps) == [999, 500, 0]
     rec = Recorder(model)
-    out = sample_ddpm(rec, z_lq, steps, torch.Generator().manual_seed(7))
+    out = sample_ddpm(rec, z_lq, steps, torch.Generator().manual_seed(7), timestep_spacing=spacing)
 
     abar = model.scheduler.alphas_cumprod.double()
-    ts = make_scheduler("ddpm", model.scheduler, steps).timesteps.tolist()
     g = torch.Generator().manual_seed(7)
     z = torch.randn(z_lq.shape, generator=g)  # z_T ~ N(0, I)
     with torch.no_grad():

@@ -92,7 +92,7 @@ def _parse_import(text: str) -> tuple[str, str]:
     return name, path
 
 
-def _demo(*, out: str, quiet: bool = False) -> int:
+def _demo(*, out: str = "demo_out", quiet: bool = False) -> int:
     from pathlib import Path
 
     from blurforge.demo import run_demo

@@ -136,9 +136,11 @@ def run_demo(out: Path, quiet: bool = False, max_side: int | None = None) -> int
     runs; returns the first non-zero exit status of a step, else 0. ``max_side`` shrinks the
     photographs and the video (the deblurdiff demo uses small images so its CPU model runs in
     seconds). Re-running it into the same ``out`` resumes."""
-    from blurforge.commands import EXIT_OK
+    from blurforge.commands import EXIT_OK, UserError
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a folder — choose a folder for the demo's output")
     t0 = time.perf_counter()
     photos = out / "photos"
     write_demo_photos(photos, max_side)

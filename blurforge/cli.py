@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
             "itself, printing each step as the blurforge command it runs: a kernel bank, uniform pairs, pairs "
             "with RSBlur noise and saturation, object-wise non-uniform pairs, frame-averaged pairs, one "
             "manifest with train/val/test splits (verified), and contact sheets to look at. One input is a "
-            "deliberately broken file: it lands in the errors tables and the run goes on. About a minute "
+            "deliberately broken file: it lands in the errors tables and the run goes on. Under a minute "
             "on 2 CPUs; re-running it with the same --out resumes.",
             ["blurforge demo --out demo_out",
              "blurforge inspect demo_out/manifest.parquet   # afterwards: what was made"],

@@ -66,6 +66,8 @@ def typed_roots(*pairs: tuple[str, str | os.PathLike]) -> dict[str, str]:
     roots = {}
     for absolute, typed in pairs:
         typed = os.fspath(typed)
+        if os.path.join(absolute, "") == os.sep:
+            continue  # the file-system root: nothing to shorten
         if typed in ("", "."):
             roots[os.path.join(absolute, "")] = ""
         elif os.path.isabs(typed) or os.path.join(absolute, "") == os.path.join(typed, ""):

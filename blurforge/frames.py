@@ -67,7 +67,8 @@ from blurforge.blur import frames_realism
 from blurforge.imageio import DEFAULT_PNG_LEVEL, png_settings
 from blurforge.manifest import SCHEMA_VERSION
 from blurforge.storage import Location, check_separate
-from blurforge.shards import RunSummary, ShardTask, check_run_config, finish_shard, make_tasks, run_shards
+from blurforge.shards import (RunSummary, ShardTask, check_run_config, finish_shard, make_tasks, report_progress,
+                              run_shards)
 
 RESPONSES = ("srgb", "gamma2.2", "linear")
 FLOW = "DIS-medium"  # cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
@@ -483,12 +484,13 @@ def frames_worker(task: ShardTask) -> dict:
     rows: list[dict] = []
     errors: list[dict] = []
     timing = {"decode_s": 0.0, "average_s": 0.0, "interpolate_s": 0.0, "encode_s": 0.0}
-    for rel in task.items:
+    for done, rel in enumerate(task.items, 1):
         r, e, t = process_clip(rel, task.config, out, task.shard)
         rows += r
         errors += e
         for k in timing:
             timing[k] += t[k]
+        report_progress(done, len(rows), len(errors))
     return finish_shard(task, rows, errors, {"clips": len(task.items), **{k: round(v, 4) for k, v in timing.items()}})
 
 
@@ -572,7 +574,7 @@ def run_frames(
     check_run_config(out.uri, config)
     tasks = make_tasks(items, shard_size, out.uri, config)
     return run_shards(frames_worker, tasks, workers=workers, progress=progress, desc="frames",
-                      backend=backend, ray_address=ray_address, retries=retries)
+                      backend=backend, ray_address=ray_address, retries=retries, unit="clip")
 
 
 def _realism_config(noise: str, noise_preset: str, saturation: bool) -> dict | None:

@@ -211,6 +211,41 @@ def _read_file(f: Path) -> tuple[pa.Table, bool]:
     return table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA), legacy
 
 
+def not_a_manifest(given: Path, loc: Path) -> str:
+    """Why the folder ``given`` (read at ``loc``) holds no manifest, and what to run instead: a
+    run that finished no shard yet, a folder of photos or videos, or a paired dataset."""
+    if loc != given and (given / "run.json").is_file():
+        return (f"{given}: a synthesize/frames output with no finished shard yet (manifest/ is empty) — re-run "
+                "the command that made it (it resumes), then merge it")
+    from blurforge.imageio import IMAGE_EXTENSIONS
+    from blurforge.imports import detect_layout
+    from blurforge.video import VIDEO_EXTENSIONS
+
+    try:
+        layout = detect_layout(given)
+    except (ValueError, OSError):
+        layout = None
+    if layout in ("gopro", "reds"):
+        return (f"{given}: a dataset of existing blurry/sharp pairs ({'GoPro' if layout == 'gopro' else 'REDS'}-like folders), not a blurforge "
+                f"output — bring it in with 'blurforge build-manifest --import NAME={given} --out manifest.parquet'")
+    images = videos = 0
+    for _, _, files in os.walk(given):
+        for f in files:
+            ext = os.path.splitext(f)[1].lower()
+            images += ext in IMAGE_EXTENSIONS
+            videos += ext in VIDEO_EXTENSIONS
+    if images:
+        return (f"{given}: a folder of {images} image(s), not a blurforge output or manifest — make pairs from them "
+                f"first: 'blurforge synthesize --sharp {given} --kernels kernels.parquet --out pairs/' (a bank from "
+                "'blurforge kernels'), then merge pairs/; a dataset of existing blurry/sharp pairs comes in with "
+                "--import NAME=PATH")
+    if videos:
+        return (f"{given}: a folder of {videos} video(s), not a blurforge output or manifest — make pairs from them "
+                f"first: 'blurforge frames --videos {given} --out frames/', then merge frames/")
+    return (f"{given}: holds no manifest (no .parquet file) — pass a synthesize/frames output folder, its manifest/ "
+            "folder or a manifest .parquet written by 'blurforge build-manifest'")
+
+
 def read_manifest(path: str | os.PathLike) -> Manifest:
     """Read and validate a manifest (schema v2, or v1 with derived groups). Raises
     ``ManifestError`` naming the input and the fix."""
@@ -223,7 +258,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     loc = _manifest_location(given)
     files = sorted(loc.glob("*.parquet")) if loc.is_dir() else [loc]
     if not files:
-        raise ManifestError(f"{loc}: directory holds no .parquet shards — did the run finish any shard?")
+        raise ManifestError(not_a_manifest(given, loc))
     tables, legacy = [], 0
     for f in files:
         try:

@@ -17,6 +17,13 @@ Distributors share one signature, ``distribute(worker, tasks, workers) -> iterat
 is a picklable top-level function ``worker(task) -> dict`` that returns a status instead of
 raising into the pool. Because a shard's bytes depend only on its task, every backend and
 worker count writes byte-identical output.
+
+Progress: after each work item a worker calls :func:`report_progress` with its shard's running
+counts (items done, pairs, errors). In this process (one worker) the call feeds the driver's bar
+directly; in a local process pool it goes through a ``multiprocessing.Manager`` queue that the
+driver drains on a helper thread, so the bar counts items and pairs while a shard runs. Ray
+tasks do not report: under ``--backend ray`` the bar moves by a whole shard's items when the shard
+finishes. Reports never change what a worker writes.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -85,8 +94,28 @@ def finish_shard(task: ShardTask, rows: list[dict], errors: list[dict], stats: d
     return stats
 
 
+# ------------------------------------------------------------------------------- live progress
+
+_REPORT: Callable[[tuple], None] | None = None  # where report_progress sends (shard, items, pairs, errors)
+_SHARD: str | None = None  # the shard this process is working on
+
+
+def report_progress(items: int, pairs: int, errors: int) -> None:
+    """Called by a shard worker after each work item with the shard's running counts: items
+    done, pairs made, error rows. Feeds the driver's progress bar; a no-op when nothing listens
+    (Ray tasks, ``--quiet``, direct calls of a worker). Never raises: progress is not output."""
+    if _REPORT is None or _SHARD is None:
+        return
+    try:
+        _REPORT((_SHARD, int(items), int(pairs), int(errors)))
+    except Exception:  # noqa: BLE001 — a broken progress channel must not fail the shard
+        pass
+
+
 def guarded(worker: Callable[[ShardTask], dict], task: ShardTask) -> dict:
     """Run ``worker`` on ``task``; an unexpected exception becomes a 'failed' status, not a crash."""
+    global _SHARD
+    _SHARD = task.shard
     try:
         return worker(task)
     except Exception as exc:  # noqa: BLE001 — reported as data; the shard stays not-done
@@ -98,27 +127,37 @@ def guarded(worker: Callable[[ShardTask], dict], task: ShardTask) -> dict:
             "error": f"{type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc(),
         }
+    finally:
+        _SHARD = None
 
 
-def _one_thread_per_process() -> None:
-    """Pool initializer: the pool is the parallelism, so keep OpenCV single-threaded in each worker."""
+def _init_worker(progress_queue=None) -> None:
+    """Pool initializer: the pool is the parallelism, so keep OpenCV single-threaded in each
+    worker; send progress reports to ``progress_queue`` (a Manager queue) when given."""
+    global _REPORT
     try:
         import cv2
 
         cv2.setNumThreads(1)
     except ImportError:
         pass
+    if progress_queue is not None:
+        _REPORT = progress_queue.put
 
 
-def distribute_local(worker: Callable[[ShardTask], dict], tasks: Sequence[ShardTask], workers: int = 1) -> Iterator[dict]:
-    """Run shards in this process (workers <= 1) or a process pool; yields statuses as they finish."""
+def distribute_local(worker: Callable[[ShardTask], dict], tasks: Sequence[ShardTask], workers: int = 1,
+                     progress_queue=None) -> Iterator[dict]:
+    """Run shards in this process (workers <= 1) or a process pool; yields statuses as they finish.
+    ``progress_queue``: a ``Manager().Queue()`` the pool's workers send their progress reports to
+    (in this process, reports go wherever :func:`report_progress` was pointed)."""
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield guarded(worker, task)
         return
     # spawn, not fork: a forked child can deadlock on locks held by the parent's OpenCV/BLAS threads
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread_per_process) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(progress_queue,)) as pool:
         futures = [pool.submit(guarded, worker, task) for task in tasks]
         for fut in as_completed(futures):
             yield fut.result()
@@ -146,7 +185,7 @@ def check_run_config(out: str | os.PathLike, config: dict) -> None:
 
 
 def _ray_guarded(worker: Callable[[ShardTask], dict], task: ShardTask) -> dict:
-    _one_thread_per_process()
+    _init_worker()
     return guarded(worker, task)
 
 
@@ -170,10 +209,13 @@ def ensure_ray(address: str | None = None, workers: int | None = None):
 
 
 def distribute_ray(
-    worker: Callable[[ShardTask], dict], tasks: Sequence[ShardTask], workers: int = 1, address: str | None = None
+    worker: Callable[[ShardTask], dict], tasks: Sequence[ShardTask], workers: int = 1, progress_queue=None,
+    address: str | None = None,
 ) -> Iterator[dict]:
     """Run shards as Ray tasks (one CPU each, at most ``workers`` at a time, like the local pool);
-    yields statuses as they finish. Same signature and same outputs as :func:`distribute_local`."""
+    yields statuses as they finish. Same signature and same outputs as :func:`distribute_local`;
+    ``progress_queue`` is ignored (Ray tasks report nothing while they run: the driver's bar moves
+    a shard at a time)."""
     ray = ensure_ray(address, workers)
     remote = ray.remote(num_cpus=1, max_retries=2)(_ray_guarded)
     queue = list(tasks)[::-1]
@@ -206,18 +248,105 @@ def get_distributor(backend: str = "local", ray_address: str | None = None) -> C
 @dataclass
 class RunSummary:
     shards: int = 0
-    skipped: int = 0  # already done before this run
+    skipped: int = 0  # shards already done before this run
     failed: list = field(default_factory=list)  # statuses of shards still failed after all retries
     retried: int = 0  # shard attempts repeated after a failure
-    pairs: int = 0
-    errors: int = 0
+    pairs: int = 0  # made by this run
+    errors: int = 0  # error rows written by this run (one input can give several: one per pair it was to make)
     seconds: float = 0.0
-    stats: list = field(default_factory=list)
+    stats: list = field(default_factory=list)  # statuses of the shards this run finished
+    earlier: list = field(default_factory=list)  # stats files of the shards done before this run
     notes: list = field(default_factory=list)  # lines for the user (e.g. output folders skipped in the inputs)
 
     @property
     def rate(self) -> float:
         return self.pairs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def earlier_pairs(self) -> int:
+        return sum(st.get("pairs", 0) for st in self.earlier)
+
+    @property
+    def total_pairs(self) -> int:
+        """Pairs in the output: this run's and those of shards done before it."""
+        return self.pairs + self.earlier_pairs
+
+
+class _Progress:
+    """The driver's bar over work items, fed by the workers' :func:`report_progress` calls and
+    reconciled with each shard's final status (a shard that reported nothing, e.g. a Ray task,
+    moves the bar by all its items at once; a failed attempt's items are taken back)."""
+
+    def __init__(self, tasks: Sequence[ShardTask], desc: str, unit: str, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=sum(len(t.items) for t in tasks), desc=desc, unit=unit,
+                        disable=not enabled or not tasks)
+        self.lock = threading.Lock()
+        self.live: dict[str, tuple[int, int, int]] = {}  # shard -> (items, pairs, errors) of its running attempt
+        self.pairs = self.errors = 0  # of the shards finished so far
+        self.queue = None  # a Manager queue the pool's workers report to
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def report(self, message: tuple) -> None:
+        with self.lock:
+            self._apply(message)
+
+    def _apply(self, message: tuple) -> None:
+        shard, items, pairs, errors = message
+        before = self.live.get(shard, (0, 0, 0))
+        self.live[shard] = (items, pairs, errors)
+        self.bar.update(items - before[0])
+        self._postfix()
+
+    def _postfix(self) -> None:
+        pairs = self.pairs + sum(v[1] for v in self.live.values())
+        errors = self.errors + sum(v[2] for v in self.live.values())
+        self.bar.set_postfix(pairs=pairs, failed=errors, refresh=False)
+
+    def _drain(self) -> None:
+        """Apply every report waiting in the queue (call with the lock held)."""
+        while self.queue is not None:
+            try:
+                self._apply(self.queue.get_nowait())
+            except queue.Empty:
+                return
+            except (EOFError, OSError):  # the manager went away: no more live reports
+                self.queue = None
+
+    def listen(self, queue_) -> None:
+        """Drain ``queue_`` on a helper thread until :meth:`close`."""
+        self.queue = queue_
+
+        def loop() -> None:
+            while not self._stop.wait(0.2):
+                with self.lock:
+                    self._drain()
+
+        self._thread = threading.Thread(target=loop, name="progress", daemon=True)
+        self._thread.start()
+
+    def finished(self, status: dict, task: ShardTask) -> None:
+        """A shard's final status arrived: every report it sent is already queued (a worker
+        reports before it returns), so drain them, then settle the shard's count."""
+        with self.lock:
+            self._drain()
+            items, _, _ = self.live.pop(task.shard, (0, 0, 0))
+            if status.get("status") == "done":
+                self.pairs += status.get("pairs", 0)
+                self.errors += status.get("errors", 0)
+                self.bar.update(len(task.items) - items)
+            else:  # retried or reported: its items are not done
+                self.bar.update(-items)
+            self._postfix()
+            self.bar.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.bar.close()
 
 
 def run_shards(
@@ -229,39 +358,56 @@ def run_shards(
     backend: str = "local",
     ray_address: str | None = None,
     retries: int = 2,
+    unit: str = "item",
 ) -> RunSummary:
-    """Run the shards not yet done, with one progress bar over shards in the driver.
+    """Run the shards not yet done, with one progress bar over their work items (``unit``: what
+    an item is, e.g. "pair" or "clip") in the driver.
 
     A shard whose worker failed as a whole (not a per-sample error, which is data) is retried up
     to ``retries`` times; shards still failing are listed in ``summary.failed`` and a re-run of
-    the same command resumes them.
+    the same command resumes them. ``summary.earlier`` holds the stats of the shards an earlier
+    run finished.
     """
-    from tqdm import tqdm
-
+    global _REPORT
     distribute = get_distributor(backend, ray_address)
     t0 = time.perf_counter()
     todo = [t for t in tasks if not shard_done(t.out, t.shard)]
     summary = RunSummary(shards=len(tasks), skipped=len(tasks) - len(todo))
     if tasks:
-        Location(tasks[0].out).sweep_temp_files()
+        loc = Location(tasks[0].out)
+        loc.sweep_temp_files()
+        names = {t.shard for t in todo}
+        summary.earlier = [json.loads(loc.read_text(f"stats/{t.shard}.json")) for t in tasks if t.shard not in names]
     by_name = {t.shard: t for t in todo}
-    with tqdm(total=len(todo), desc=desc, unit="shard", disable=not progress) as bar:
+    bar = _Progress(todo, desc, unit, progress)
+    manager = None
+    if progress and todo:
+        _REPORT = bar.report  # shards run in this process report straight to the bar
+        if backend == "local" and workers > 1 and len(todo) > 1:
+            manager = multiprocessing.get_context("spawn").Manager()
+            bar.listen(manager.Queue())
+    try:
+        failed: list = []
         for attempt in range(retries + 1):
             failed = []
-            for status in distribute(worker, todo, workers):
+            for status in distribute(worker, todo, workers, progress_queue=bar.queue):
+                bar.finished(status, by_name[status["shard"]])
                 if status.get("status") == "done":
                     summary.stats.append(status)
                     summary.pairs += status.get("pairs", 0)
                     summary.errors += status.get("errors", 0)
-                    bar.update(1)
                 else:
                     failed.append(status)
-                bar.set_postfix(pairs=summary.pairs, errors=summary.errors, refresh=False)
             if not failed:
                 break
             if attempt < retries:
                 summary.retried += len(failed)
                 todo = [by_name[f["shard"]] for f in failed]
         summary.failed = failed
+    finally:
+        _REPORT = None
+        bar.close()
+        if manager is not None:
+            manager.shutdown()
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -4,6 +4,7 @@ leakage across splits, failed inputs, a contact sheet of pairs."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -49,6 +50,31 @@ def format_errors(s: dict, where) -> list[str]:
     lines = [f"{s['inputs']} failed input(s) ({rows}{stages}; {shown}all in {where}):"]
     lines += [f"  [{r['stage']}] {r['error']}" + (f" (x{r['rows']})" if r["rows"] > 1 else "") for r in s["first"]]
     return lines
+
+
+def shown_paths(text: str, roots: dict[str, str]) -> str:
+    """``text`` with each absolute folder in ``roots`` (``{"/abs/photos/": "photos/"}``, both
+    ending in a separator) written the way the user typed it, so a summary uses one form of path."""
+    for absolute, typed in roots.items():
+        text = text.replace(absolute, typed)
+    return text
+
+
+def typed_roots(*pairs: tuple[str, str | os.PathLike]) -> dict[str, str]:
+    """``shown_paths`` roots for folders given as ``(absolute, as typed)``; an empty typed form
+    (the current directory) drops the prefix."""
+    roots = {}
+    for absolute, typed in pairs:
+        typed = os.fspath(typed)
+        if os.path.join(absolute, "") == os.sep:
+            continue  # the file-system root: nothing to shorten
+        if typed in ("", "."):
+            roots[os.path.join(absolute, "")] = ""
+        elif os.path.isabs(typed) or os.path.join(absolute, "") == os.path.join(typed, ""):
+            continue  # typed absolute: already the form shown
+        else:
+            roots[os.path.join(absolute, "")] = os.path.join(typed, "")
+    return roots
 
 
 def manifest_summary(m: Manifest, errors: pa.Table | None = None) -> dict:

@@ -46,7 +46,7 @@ from blurforge.manifest import SCHEMA_VERSION, sha256_file
 from blurforge.seeding import seed_for
 from blurforge.storage import Location, check_separate
 from blurforge.shards import (RunSummary, ShardTask, check_run_config, finish_shard, is_output_dir, make_tasks,
-                              run_shards)
+                              report_progress, run_shards)
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -246,6 +246,7 @@ def synthesize_worker(task: ShardTask) -> dict:
         except Exception as exc:  # noqa: BLE001 — any per-sample failure is recorded, the run goes on
             errors.append({"input": str(src), "stage": stage, "error": f"{src}: {type(exc).__name__}: {exc}",
                            "key": key})
+        report_progress(len(rows) + len(errors), len(rows), len(errors))  # every item gives a row or an error
     return finish_shard(task, rows, errors, {k: round(v, 4) for k, v in timing.items()})
 
 
@@ -449,7 +450,7 @@ def run_synthesize(
     check_run_config(out.uri, config)
     tasks = make_tasks(items, shard_size, out.uri, config)
     summary = run_shards(synthesize_worker, tasks, workers=workers, progress=progress, desc="synthesize",
-                         backend=backend, ray_address=ray_address, retries=retries)
+                         backend=backend, ray_address=ray_address, retries=retries, unit="pair")
     summary.notes += skipped_note(skipped, "--sharp")
     return summary
 

@@ -25,12 +25,24 @@ time passes ``clip_timeout``, when the decoder yields more frames than it report
 fails mid-stream. The caller compares the final count with ``reported_length``
 (``check_length``). A decoder blocked inside one C call cannot be killed from Python: its
 thread is abandoned (a daemon thread; the clip is not closed under it) and the run goes on.
+
+Library log output: decoders report through exceptions, which become the clip's error row; what
+the libraries print on their own never reaches the console. decord's bundled FFmpeg is set to
+log nothing (``decord.logging.QUIET``, once per process) and the line decord's C++ core writes to
+stderr when a file does not open is captured and folded into the error message; PyAV logs
+nothing unless asked (``av.logging`` level None). The captured text goes to the
+``blurforge.video`` logger at DEBUG level.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import queue
+import re
+import sys
+import tempfile
 import threading
 import time
 from typing import Callable, Iterator
@@ -87,12 +99,19 @@ class DecordClip(VideoClip):
 
         if not os.path.isfile(self.path):
             raise VideoError(f"{self.path}: no such file — check the path", stage="open")
-        try:
-            self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=num_threads)
-        except Exception as exc:  # decord raises RuntimeError / DECORDError with its own text
+        _quiet_decord(decord)
+        with _captured_stderr() as printed:
+            try:
+                self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=num_threads)
+                failure = None
+            except Exception as exc:  # decord raises RuntimeError / DECORDError with its own text
+                failure = exc
+        if failure is not None:
+            reason = _decord_open_reason(printed.text)
             raise VideoError(
-                f"{self.path}: decord cannot open it ({_first_line(exc)}) — the file is corrupt or not a "
-                "video; re-encode it (e.g. ffmpeg -i IN -c:v ffv1 OUT.mkv) or remove it", stage="open"
+                f"{self.path}: decord cannot open it ({_first_line(failure)}{'; ' + reason if reason else ''}) — the "
+                "file is corrupt or not a video; re-encode it (e.g. ffmpeg -i IN -c:v ffv1 OUT.mkv) or remove it",
+                stage="open",
             ) from None
         self.reported_length = len(self._vr)
         self.length_source = "index"
@@ -305,6 +324,56 @@ def guarded_frames(
             clip.close()  # never close a clip under a thread that is still inside the decoder
 
 
+_log = logging.getLogger(__name__)
+_DECORD_QUIET = False
+
+
+def _quiet_decord(decord) -> None:
+    """Stop decord's bundled FFmpeg from printing (``av_log`` level QUIET), once per process."""
+    global _DECORD_QUIET
+    if not _DECORD_QUIET:
+        decord.logging.set_level(decord.logging.QUIET)
+        _DECORD_QUIET = True
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[_Captured]:
+    """Capture what C code writes to file descriptor 2 inside the block (decord's core logs there,
+    past Python's ``sys.stderr``); the text is logged at DEBUG level and left in ``.text``. Used
+    only around opening a file, a few milliseconds."""
+    captured = _Captured()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield captured
+        return
+    with tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.text = sink.read().decode("utf-8", "replace")
+    if captured.text.strip():
+        _log.debug("decoder output: %s", captured.text.strip())
+
+
+def _decord_open_reason(text: str) -> str:
+    """FFmpeg's reason from decord's 'ERROR opening: PATH, REASON' log line ('' if absent)."""
+    m = re.search(r"ERROR opening: .*, ([^,\n]+)\s*$", text, flags=re.M)
+    return m.group(1).strip() if m else ""
+
+
+_LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")  # decord's "[10:46:33] src/x.cc:83: "
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = _LOG_PREFIX.sub("", str(exc)).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]

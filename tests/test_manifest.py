@@ -168,7 +168,8 @@ def test_cli_rejects_abbreviations_and_unknown_commands(capsys):
 
 
 def test_workers_default_to_the_usable_cpus(tmp_path):
-    from blurforge.cli import _cgroup_cpu_quota, build_parser, usable_cpus
+    from blurforge.cli import build_parser
+    from blurforge.commands import cgroup_cpu_quota as _cgroup_cpu_quota, usable_cpus
 
     n = usable_cpus()
     assert 1 <= n <= (os.cpu_count() or 1)

@@ -516,7 +516,7 @@ def test_cli_nonuniform_end_to_end(photos_dir, small_bank, tmp_path, capsys):
     assert main(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out", str(out),
                  "--seed", "7", "--quiet", "--mode", "nonuniform", "--segmenter", "classical",
                  "--max-objects", "3"]) == 0
-    assert "4 pairs, 0 errors" in capsys.readouterr().out
+    assert "synthesize: 4 pairs in" in capsys.readouterr().out
     rows = rows_of(out)
     assert all(r["source"] == "nonuniform" for r in rows.values())
     assert all(len(json.loads(r["params"])["objects"]) <= 3 for r in rows.values())

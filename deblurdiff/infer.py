@@ -159,6 +159,7 @@ class InferSettings:
     tile_size: int | None = 512  # pixels; None = never tile
     tile_overlap: int = 128  # pixels
     color_fix: str = "adain"  # adain | wavelet | none
+    samples: int = 1  # sample averaging (MSGD checkpoints only)
 
     def n_steps(self) -> int:
         from deblurdiff.sampling import DEFAULT_STEPS
@@ -179,6 +180,9 @@ class Deblurrer:
             raise ValueError(f"--sampler {settings.sampler!r} unknown — choose one of {', '.join(SAMPLERS)}")
         if settings.color_fix not in COLOR_FIXES:
             raise ValueError(f"--color-fix {settings.color_fix!r} unknown — choose one of {', '.join(COLOR_FIXES)}")
+        if settings.samples != 1:
+            raise ValueError(f"--samples {settings.samples}: sample averaging is implemented for MSGD checkpoints "
+                             "only — use --samples 1 with DeblurDiff")
         check_tiling(model, settings.tile_size, settings.tile_overlap)
         self.model = model
         self.settings = settings
@@ -303,20 +307,25 @@ def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_required: bo
 
     g = parser.add_argument_group("model and sampling")
     g.add_argument("--checkpoint", required=checkpoint_required, metavar="DIR",
-                   help="checkpoint folder written by DeblurDiff.save_pretrained / deblurdiff train")
+                   help="checkpoint folder written by deblurdiff train (DeblurDiff or MSGD: the folder says which)")
     g.add_argument("--pretrained", metavar="SD_DIR",
                    help="local diffusers folder of Stable Diffusion (overrides the path recorded in the checkpoint)")
-    g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver"], default="ddpm",
-                   help="ddpm: the paper's Algorithm 1; ddim / dpmsolver: fast 10–20-step variants")
+    g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver"], default=None,
+                   help="ddpm: the paper's Algorithm 1 (DeblurDiff default); ddim / dpmsolver: fast 10–20-step "
+                        "variants; MSGD checkpoints default to their preset's sampler")
     g.add_argument("--steps", type=_positive_int, default=None,
-                   help="denoising steps (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")
+                   help="denoising steps (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
+                        + "; MSGD: its preset's)")
+    g.add_argument("--samples", type=_positive_int, default=1,
+                   help="MSGD only: average this many samples per image (the paper's SA: higher PSNR, less "
+                        "perceptual detail)")
     g.add_argument("--seed", type=int, default=0, help="run seed; each image's noise derives from (seed, key)")
     g.add_argument("--tile-size", type=int, default=512,
                    help="pixels; larger images are processed in Gaussian-blended tiles (0 = never tile)")
     g.add_argument("--tile-overlap", type=int, default=128, help="overlap of neighbouring tiles, pixels")
-    g.add_argument("--color-fix", choices=list(COLOR_FIXES), default="adain",
-                   help="adain: match per-channel mean/std (RGB) to the input; wavelet: keep the input's low "
-                        "frequencies; none")
+    g.add_argument("--color-fix", choices=list(COLOR_FIXES), default=None,
+                   help="adain: match per-channel mean/std (RGB) to the input (DeblurDiff default); wavelet: keep "
+                        "the input's low frequencies; none (MSGD default)")
     g.add_argument("--dtype", choices=list(DTYPE_NAMES), default="fp32",
                    help="inference precision (bf16 / fp16 are meant for CUDA; on CPU they are slow)")
     g.add_argument("--batch-size", type=_positive_int, default=1, help="images of the same size per batch")
@@ -333,7 +342,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="manifest split to deblur (train/val/test/all)")
     parser.add_argument("--save-intermediates", action="store_true",
                         help="write the decoded z_s and x0 estimates of every step to "
-                             "OUTPUT/intermediates/NAME/step-XXX_{zs,z0}.png")
+                             "OUTPUT/intermediates/NAME/step-XXX_{zs,z0}.png; MSGD: the guidance outputs per "
+                             "scale (guidance-sS.png) and the x0 estimate of every step (step-XXX_x0.png)")
     add_model_arguments(parser, checkpoint_required=True)
 
 
@@ -344,15 +354,30 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def settings_from_args(args: argparse.Namespace) -> InferSettings:
+def settings_from_args(args: argparse.Namespace, model=None) -> InferSettings:
+    """Settings from the CLI; options left unset take the model family's defaults (DeblurDiff:
+    ddpm, adain; MSGD: its config's sampler and steps, no colour fix)."""
+    defaults = {"sampler": "ddpm", "steps": None, "color_fix": "adain"}
+    if getattr(model, "family", None) == "msgd":
+        defaults = {"sampler": model.config.sampler, "steps": model.config.sampling_steps, "color_fix": "none"}
     return InferSettings(
-        sampler=args.sampler,
-        steps=args.steps,
+        sampler=args.sampler or defaults["sampler"],
+        steps=args.steps if args.steps is not None else defaults["steps"],
         seed=args.seed,
         tile_size=args.tile_size or None,
         tile_overlap=args.tile_overlap,
-        color_fix=args.color_fix,
+        color_fix=args.color_fix or defaults["color_fix"],
+        samples=getattr(args, "samples", 1),
     )
+
+
+def make_deblurrer(model, settings: InferSettings, progress: bool = False):
+    """The inference pipeline of the model's family: :class:`Deblurrer` or MSGD's."""
+    if getattr(model, "family", None) == "msgd":
+        from deblurdiff.msgd_infer import MSGDDeblurrer
+
+        return MSGDDeblurrer(model, settings, progress)
+    return Deblurrer(model, settings, progress)
 
 
 def load_model(args: argparse.Namespace):
@@ -363,6 +388,14 @@ def load_model(args: argparse.Namespace):
     dtype, note = resolve_dtype(args.dtype, device)
     if note:
         print(f"deblurdiff: {note}", file=sys.stderr)
+    from deblurdiff.msgd import MSGD, is_msgd_checkpoint
+
+    if is_msgd_checkpoint(args.checkpoint):  # the MSGD family: one network, no pretrained parts
+        if args.pretrained:
+            raise ValueError(f"--pretrained: {args.checkpoint} is an MSGD checkpoint, which has no pretrained "
+                             "parts — drop --pretrained")
+        model = MSGD.from_pretrained(args.checkpoint).to(device=device, dtype=dtype).eval()
+        return model, device, str(dtype).replace("torch.", "")
     model = DeblurDiff.from_pretrained(args.checkpoint, pretrained=args.pretrained)
     return prepare_model(model, device, dtype), device, str(dtype).replace("torch.", "")
 
@@ -380,10 +413,10 @@ def run_infer(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     check_output(out_dir, input_root, jobs, protected, manifest=is_manifest(src))
     names = {}
-    settings = settings_from_args(args)
     model, device, dtype_name = load_model(args)
+    settings = settings_from_args(args, model)
     t_loaded = time.perf_counter()
-    deblur = Deblurrer(model, settings, progress=not args.quiet)
+    deblur = make_deblurrer(model, settings, progress=not args.quiet)
     failures: list[dict] = []
     done = 0
     bar = tqdm(total=len(jobs), desc="infer", unit="img", disable=args.quiet)

@@ -68,6 +68,14 @@ examples:
   accelerate launch -m deblurdiff train --manifest m.parquet --preset sd21-base --pretrained SD21 \\
       --output-dir runs/sd --batch-size 16 --mixed-precision bf16 --gradient-checkpointing
   deblurdiff train ... --output-dir runs/sd --resume latest      # continue after a crash / preemption
+
+MSGD (Ren et al. 2023, the second model family; pixel space, trained from scratch, no --pretrained):
+  deblurdiff train --manifest m.parquet --preset msgd-cpu --resolution 64 --batch-size 8 --lr 2e-3 \\
+      --max-steps 600 --output-dir runs/msgd
+  deblurdiff train --manifest m.parquet --preset msgd-base --resolution 256 --batch-size 32 --lr 1e-4 \\
+      --lr-warmup 5000 --mixed-precision bf16 --output-dir runs/msgd-base   # linear warm-up, then constant
+  ... --guidance none | --guidance input | --scales 4 | --guidance-target rgb | --regression-weight 0
+      (the paper's ablations)
 """
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -101,11 +109,14 @@ def _nonneg_float(text: str) -> float:
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``train`` options to ``p`` (and its epilog); returns ``p``."""
     from deblurdiff.model import VARIANTS
+    from deblurdiff.msgd import PRESETS as MSGD_PRESETS
+    from deblurdiff.msgd_train import add_msgd_arguments
 
     p.description = " ".join(filter(None, [
         p.description,
         "Train DeblurDiff's ControlNet and LKPN (frozen Stable Diffusion) on the train split of "
-        "blurforge manifests. Runs on one CPU/GPU, or on many with 'accelerate launch'.",
+        "blurforge manifests, or the MSGD model (--preset msgd-*). Runs on one CPU/GPU, or on many with "
+        "'accelerate launch'.",
     ]))
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -122,8 +133,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--num-workers", metavar="N", type=_nonneg_int, default=2, help="DataLoader worker processes (default 2)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--preset", choices=["sd21-base", "sd15", "tiny"], default="sd21-base",
-                   help="frozen SD parts: sd* from --pretrained, tiny = seeded random miniature (default sd21-base)")
+    g.add_argument("--preset", choices=["sd21-base", "sd15", "tiny", *MSGD_PRESETS], default="sd21-base",
+                   help="frozen SD parts: sd* from --pretrained, tiny = seeded random miniature; msgd-*: the MSGD "
+                        "model family instead of DeblurDiff (default sd21-base)")
     g.add_argument("--pretrained", metavar="SD_DIR", help="local diffusers folder of Stable Diffusion (sd presets)")
     g.add_argument("--variant", choices=list(VARIANTS), default="lkpn", help="conditioning variant (default lkpn)")
     g.add_argument("--eps-loss-weight", metavar="W", type=_nonneg_float, default=1.0, help="weight of mse(eps_pred, eps) (default 1)")
@@ -159,6 +171,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--val-count", metavar="N", type=_positive_int, default=4, help="val pairs (the first by key) (default 4)")
     g.add_argument("--val-steps", metavar="N", type=_positive_int, default=20, help="DDIM steps of the validation sampler (default 20)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_msgd_arguments(p)
     return p
 
 
@@ -200,8 +213,8 @@ def _loss_module_class():
             super().__init__()
             self.model = model
 
-        def forward(self, blurry, sharp, generator=None):
-            return self.model.training_losses(blurry, sharp, generator=generator)
+        def forward(self, blurry, sharp, generator=None, **kwargs):  # kwargs: MSGD's step
+            return self.model.training_losses(blurry, sharp, generator=generator, **kwargs)
 
     return TrainingLosses
 
@@ -358,15 +371,13 @@ def save_checkpoint(accelerator, output_dir: Path, model, optimizer, scheduler, 
     return target
 
 
-def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, generator) -> TrainState:
-    """Restore trained weights, optimizer, scheduler, scaler and RNG from ``path``; returns the state."""
-    import torch
+def _load_deblurdiff_parts(path: Path, model) -> None:
+    """Load the trained ControlNet and LKPN of a DeblurDiff checkpoint, after checking its config."""
     from diffusers import ControlNetModel
 
     from deblurdiff.lkpn import LKPN
     from deblurdiff.model import CONFIG_NAME
 
-    record = json.loads((path / STATE_NAME).read_text())
     saved = json.loads((path / "model" / CONFIG_NAME).read_text())["config"]
     now = dataclasses.asdict(model.config)
     differ = sorted(k for k in now if k != "pretrained" and saved.get(k) != now[k])
@@ -380,6 +391,17 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, genera
     model.controlnet.load_state_dict(src.state_dict())
     if model.lkpn is not None:
         model.lkpn.load_state_dict(LKPN.from_pretrained(path / "model" / "lkpn", local_files_only=True).state_dict())
+
+
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, generator) -> TrainState:
+    """Restore trained weights, optimizer, scheduler, scaler and RNG from ``path``; returns the state."""
+    import torch
+
+    record = json.loads((path / STATE_NAME).read_text())
+    if getattr(model, "family", None) == "msgd":  # MSGD family: one weights file, its own config check
+        model.load_trained(path / "model")
+    else:
+        _load_deblurdiff_parts(path, model)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
     if accelerator.scaler is not None and (path / "scaler.pt").is_file():
@@ -451,6 +473,7 @@ def validate(accelerator, model, val_set, step: int, args, out_dir: Path) -> dic
     import torch
 
     from blurforge.imageio import encode_image, write_bytes_atomic
+    from deblurdiff import msgd_train
     from deblurdiff.metrics import psnr
     from deblurdiff.sampling import sample_ddim
 
@@ -462,8 +485,11 @@ def validate(accelerator, model, val_set, step: int, args, out_dir: Path) -> dic
         for i in range(0, len(val_set), args.batch_size):
             items = [val_set[j] for j in range(i, min(len(val_set), i + args.batch_size))]
             blurry = torch.stack([it["blurry"] for it in items]).to(accelerator.device)
-            z_lq = model.encode(blurry).float()
-            out = model.decode(sample_ddim(model, z_lq, args.val_steps, gen)).float().cpu()
+            if getattr(model, "family", None) == "msgd":  # MSGD family: pixel space, its own sampler
+                out = msgd_train.validation_samples(model, blurry, args.val_steps, gen).float().cpu()
+            else:
+                z_lq = model.encode(blurry).float()
+                out = model.decode(sample_ddim(model, z_lq, args.val_steps, gen)).float().cpu()
             for it, o in zip(items, out):
                 b, s = (it["blurry"].permute(1, 2, 0).numpy(), it["sharp"].permute(1, 2, 0).numpy())
                 o = o.permute(1, 2, 0).numpy()
@@ -492,8 +518,12 @@ class TrainResult:
     seconds: float
 
 
-def _check_args(args) -> None:
-    if args.preset != "tiny" and not args.pretrained:
+def _check_args(args) -> bool:
+    """Refuse bad option combinations; returns whether the preset is an MSGD one."""
+    from deblurdiff.msgd_train import check_args as check_msgd_args
+
+    msgd = check_msgd_args(args)  # MSGD options only with msgd-* presets, DeblurDiff ones only without
+    if not msgd and args.preset != "tiny" and not args.pretrained:
         raise ValueError(f"--preset {args.preset} needs --pretrained SD_DIR (a local diffusers copy); "
                          "--preset tiny trains a seeded miniature without one")
     if args.preset == "tiny" and args.pretrained:
@@ -503,11 +533,12 @@ def _check_args(args) -> None:
                          "--manifest(s) — give one weight per manifest, in the same order")
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    return msgd
 
 
 def train(args: argparse.Namespace) -> TrainResult:
     """Run training as ``args`` says (see :func:`add_train_arguments`); returns a :class:`TrainResult`."""
-    _check_args(args)
+    msgd = _check_args(args)
     import numpy as np
     import torch
     from accelerate import Accelerator
@@ -548,16 +579,21 @@ def train(args: argparse.Namespace) -> TrainResult:
                   f"{val_note}", file=sys.stderr)
 
     # -- model ------------------------------------------------------------------------------
-    model = build_model(
-        args.preset, pretrained=args.pretrained, variant=args.variant, seed=args.seed,
-        loss_eps_weight=args.eps_loss_weight, loss_latent_weight=args.latent_loss_weight,
-        loss_pixel_weight=args.pixel_loss_weight,
-    )
-    f = model.vae_scale_factor
-    if args.resolution % f:
-        raise ValueError(f"--resolution {args.resolution} must be a multiple of the VAE's factor {f} "
-                         f"(preset {args.preset})")
-    cast_frozen(model, half_dtype(args.mixed_precision))
+    if msgd:  # the MSGD family (deblurdiff.msgd): pixel space, no frozen parts, all of it trains
+        from deblurdiff.msgd_train import build_model_from_args
+
+        model = build_model_from_args(args)
+    else:
+        model = build_model(
+            args.preset, pretrained=args.pretrained, variant=args.variant, seed=args.seed,
+            loss_eps_weight=args.eps_loss_weight, loss_latent_weight=args.latent_loss_weight,
+            loss_pixel_weight=args.pixel_loss_weight,
+        )
+        f = model.vae_scale_factor
+        if args.resolution % f:
+            raise ValueError(f"--resolution {args.resolution} must be a multiple of the VAE's factor {f} "
+                             f"(preset {args.preset})")
+        cast_frozen(model, half_dtype(args.mixed_precision))
     model.set_gradient_checkpointing(args.gradient_checkpointing)
     model.train()
     params = model.trainable_parameters()
@@ -601,6 +637,9 @@ def train(args: argparse.Namespace) -> TrainResult:
     bar = tqdm(total=args.max_steps, initial=state.step, desc="train", unit="step",
                disable=not main or args.quiet, dynamic_ncols=True)
     keys = ["loss", "loss_eps", "loss_latent"] + (["loss_pixel"] if args.pixel_loss_weight > 0 else [])
+    if msgd:
+        keys = model.loss_names()
+    loss_kwargs = {}  # MSGD: the optimizer step, for its denoising-weight ramp
     sums = torch.zeros(len(keys) + 1, dtype=torch.float64)  # finite step means + count, since the last log
     t_log, samples_log = time.perf_counter(), state.samples
     last_loss, grad_norm = None, float("nan")
@@ -615,7 +654,9 @@ def train(args: argparse.Namespace) -> TrainResult:
                 blurry = batch["blurry"].to(accelerator.device, non_blocking=True)
                 sharp = batch["sharp"].to(accelerator.device, non_blocking=True)
                 with accelerator.accumulate(loss_module):
-                    losses = loss_module(blurry, sharp, noise_gen)
+                    if msgd:
+                        loss_kwargs["step"] = state.step
+                    losses = loss_module(blurry, sharp, noise_gen, **loss_kwargs)
                     loss = losses["loss"]
                     vals = torch.tensor([float(losses[k].detach()) for k in keys], dtype=torch.float64)
                     finite = bool(torch.isfinite(vals).all())

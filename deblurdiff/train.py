@@ -153,6 +153,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", metavar="WD", type=_nonneg_float, default=0.0, help="default 0 (= Adam)")
     g.add_argument("--lr-warmup", type=_nonneg_int, default=0, metavar="STEPS",
                    help="linear warm-up steps, then constant (default 0)")
+    g.add_argument("--lr-decay", choices=["none", "cosine"], default="none",
+                   help="after the warm-up: none = constant (default, as both papers), cosine = decay to 0 at "
+                        "--max-steps (short runs such as the CPU demo; resume with the same --max-steps)")
     g.add_argument("--max-grad-norm", metavar="NORM", type=_nonneg_float, default=1.0, help="gradient clipping, 0 = off (default 1)")
     g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
                    help="half-precision frozen parts + autocast; trained weights stay fp32 (default no)")
@@ -246,11 +249,18 @@ def build_optimizer(params, name: str, lr: float, weight_decay: float):
     return cls(params, lr=lr, weight_decay=weight_decay)
 
 
-def build_scheduler(optimizer, warmup: int):
-    """Constant LR after ``warmup`` linear steps: factor ``min(1, (s + 1) / (warmup + 1))`` at step s."""
+def build_scheduler(optimizer, warmup: int, decay: str = "none", total: int | None = None):
+    """LR factor at step s: ``min(1, (s + 1) / (warmup + 1))`` (linear warm-up, then constant), times
+    ``0.5 (1 + cos(pi min(1, (s - warmup) / (total - warmup))))`` after the warm-up for ``decay="cosine"``."""
     import torch
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    def factor(s: int) -> float:
+        f = min(1.0, (s + 1) / (warmup + 1))
+        if decay == "cosine" and s >= warmup:
+            f *= 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup))))
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -598,7 +608,7 @@ def train(args: argparse.Namespace) -> TrainResult:
     model.train()
     params = model.trainable_parameters()
     optimizer = build_optimizer(params, args.optimizer, args.lr, args.weight_decay)
-    scheduler = build_scheduler(optimizer, args.lr_warmup)
+    scheduler = build_scheduler(optimizer, args.lr_warmup, args.lr_decay, args.max_steps)
     noise_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([args.seed, 2, rank]).generate_state(1)[0]))
     loss_module, optimizer = accelerator.prepare(_loss_module_class()(model), optimizer)
 

@@ -4,12 +4,12 @@
     python scripts/train_curve.py --manifest m.parquet --split val --out curve/ --steps 2000 --every 250 \\
         -- --guidance none                                  # anything after -- goes to 'deblurdiff train'
 
-Trains with the real trainer (``deblurdiff train``, in chunks of ``--every`` steps resumed with
-``--resume latest``, which repeats an uninterrupted run exactly), and after every chunk deblurs
-the held-out split at full size with the real inference pipeline
-(:class:`deblurdiff.msgd_infer.MSGDDeblurrer`) and scores it with :mod:`deblurdiff.metrics`. The
-baseline, in the same run, is the blurry input itself: ``gain = PSNR(output) − PSNR(input)``.
-Training seconds exclude the evaluations. Defaults are the demo's (``deblurdiff demo``) training
+Trains once with the real trainer (``deblurdiff train``, a checkpoint every ``--every`` steps,
+all kept), then deblurs the held-out split at full size with every checkpoint through the real
+inference pipeline (:class:`deblurdiff.msgd_infer.MSGDDeblurrer`) and scores it with
+:mod:`deblurdiff.metrics`. The baseline, in the same run, is the blurry input itself:
+``gain = PSNR(output) − PSNR(input)``. ``train s`` is the trainer's elapsed time at that step
+(from ``metrics.jsonl``). Defaults are the demo's (``deblurdiff demo``) training
 settings; ``--demo-data DIR`` builds the demo's data first (blurforge, 192 px).
 """
 
@@ -95,33 +95,36 @@ def main(argv: list[str] | None = None) -> int:
     pairs = held_out(manifest, args.split)
     print(f"train_curve: {len(pairs)} held-out '{args.split}' pairs of {manifest}; trainer options "
           f"{' '.join(train_args + extra)}; {torch.get_num_threads()} thread(s)")
-    header = f"{'step':>6}{'train s':>9}{'loss':>9}{'PSNR':>8}{'input':>8}{'gain dB':>9}{'SSIM':>8}{'input':>8}"
-    print(header)
-    train_seconds, curve = 0.0, []
-    for step in range(args.every, args.steps + 1, args.every):
-        t0 = time.perf_counter()
-        rc = deblurdiff(["train", "--manifest", str(manifest), *train_args, "--max-steps", str(step),
-                         "--output-dir", str(out / "train"), "--resume", "latest", "--checkpoint-every", "0",
-                         "--val-every", "0", "--num-workers", "0", "--seed", str(args.seed), "--quiet", *extra])
-        if rc:
-            return rc
-        train_seconds += time.perf_counter() - t0
-        lines = (out / "train" / "metrics.jsonl").read_text().splitlines()
-        loss = [json.loads(line) for line in lines if json.loads(line)["type"] == "train"][-1]["loss"]
-        from deblurdiff.msgd import MSGD
+    t0 = time.perf_counter()
+    rc = deblurdiff(["train", "--manifest", str(manifest), *train_args, "--max-steps", str(args.steps),
+                     "--output-dir", str(out / "train"), "--checkpoint-every", str(args.every),
+                     "--keep-checkpoints", "0", "--log-every", str(args.every), "--val-every", "0",
+                     "--num-workers", "0", "--seed", str(args.seed), "--quiet", *extra])
+    if rc:
+        return rc
+    print(f"train_curve: trained {args.steps} steps in {time.perf_counter() - t0:.0f} s; scoring every checkpoint")
+    logged = {r["step"]: r for r in map(json.loads, (out / "train" / "metrics.jsonl").read_text().splitlines())
+              if r["type"] == "train"}
+    from deblurdiff.msgd import MSGD
+    from deblurdiff.train import list_checkpoints
 
-        config = MSGD.read_config(out / "train" / "final")
+    print(f"{'step':>6}{'train s':>9}{'loss':>9}{'PSNR':>8}{'input':>8}{'gain dB':>9}{'SSIM':>8}{'input':>8}")
+    curve = []
+    for step, path in list_checkpoints(out / "train"):
+        config = MSGD.read_config(path / "model")
         settings = InferSettings(sampler=args.sampler or config.sampler,
                                  steps=args.sampling_steps or config.sampling_steps, seed=args.seed,
                                  tile_size=args.tile_size or None, tile_overlap=args.tile_size // 2,
                                  color_fix="none", samples=args.samples)
-        s = evaluate(out / "train" / "final", pairs, settings)
-        curve.append({"step": step, "train_s": train_seconds, "loss": loss, **s})
-        print(f"{step:>6}{train_seconds:>9.0f}{loss:>9.4f}{s['psnr']:>8.2f}{s['psnr_input']:>8.2f}"
-              f"{s['psnr'] - s['psnr_input']:>+9.2f}{s['ssim']:>8.3f}{s['ssim_input']:>8.3f}", flush=True)
+        s = evaluate(path / "model", pairs, settings)
+        rec = logged.get(step, {})
+        curve.append({"step": step, "train_s": rec.get("elapsed_s"), "loss": rec.get("loss"), **s})
+        print(f"{step:>6}{rec.get('elapsed_s', float('nan')):>9.0f}{rec.get('loss', float('nan')):>9.4f}"
+              f"{s['psnr']:>8.2f}{s['psnr_input']:>8.2f}{s['psnr'] - s['psnr_input']:>+9.2f}{s['ssim']:>8.3f}"
+              f"{s['ssim_input']:>8.3f}", flush=True)
     (out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
     last = curve[-1]
-    print(f"train_curve: after {last['step']} steps ({last['train_s']:.0f} s of training) held-out PSNR "
+    print(f"train_curve: after {last['step']} steps held-out PSNR "
           f"{last['psnr']:.2f} dB vs the blurry input's {last['psnr_input']:.2f} dB "
           f"({last['psnr'] - last['psnr_input']:+.2f} dB) -> {out / 'curve.json'}")
     return 0

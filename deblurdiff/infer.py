@@ -202,10 +202,7 @@ class Deblurrer:
         from deblurdiff.tiling import TiledDenoiser, pad_to_multiple, tiled_decode, tiled_encode
 
         s, model = self.settings, self.model
-        shapes = {im.shape for im in images}
-        if len(shapes) != 1:
-            raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")
-        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device, torch.float32)
+        x = images_to_batch(images, self.device)
         xp, (h, w) = pad_to_multiple(x, self.multiple)
         f = model.vae_scale_factor
         big = s.tile_size is not None and max(xp.shape[-2:]) > s.tile_size
@@ -232,6 +229,16 @@ class Deblurrer:
             z0 = self.sample(denoiser, z_lq, s.n_steps(), gens, callback=callback, progress=self.progress)
             out = color_fix(s.color_fix, decode(z0), x)
         return _to_numpy(out)
+
+
+def images_to_batch(images: list[np.ndarray], device):
+    """Same-size ``H×W×3`` float32 arrays -> a (B, 3, H, W) float32 tensor on ``device``."""
+    import torch
+
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(device, torch.float32)
 
 
 def _to_numpy(batch) -> list[np.ndarray]:

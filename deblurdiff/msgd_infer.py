@@ -100,14 +100,11 @@ class MSGDDeblurrer:
 
     def __call__(self, images: list[np.ndarray], keys: list[str], intermediates: list[Path] | None = None
                  ) -> list[np.ndarray]:
-        from deblurdiff.infer import color_fix
+        from deblurdiff.infer import _to_numpy, color_fix, images_to_batch
         from deblurdiff.tiling import pad_to_multiple
 
         s, model = self.settings, self.model
-        shapes = {im.shape for im in images}
-        if len(shapes) != 1:
-            raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")
-        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device, torch.float32)
+        x = images_to_batch(images, self.device)
         xp, (h, w) = pad_to_multiple(x, model.size_multiple)
         callback = None
         with torch.no_grad():
@@ -121,7 +118,7 @@ class MSGDDeblurrer:
             out = sample_images(model, xp, s.n_steps(), self.generators(keys), s.sampler, s.samples,
                                 s.tile_size, s.tile_overlap, callback, self.progress)
             out = color_fix(s.color_fix, out[..., :h, :w], x)
-        return list(out.permute(0, 2, 3, 1).float().cpu().numpy())
+        return _to_numpy(out)
 
     def _write_guidance(self, guidance: dict, dirs: list[Path], h: int, w: int) -> None:
         for s, (_, regressed) in guidance.items():

@@ -19,26 +19,10 @@ from deblurdiff.msgd_infer import MSGDDeblurrer, sample_images
 from deblurdiff.train import add_train_arguments, main_for_tests, train
 
 from conftest import perturb, photo, write_png
+from test_train import fresh_accelerate_state, one_thread  # noqa: F401  (autouse fixtures)
 
 BASE = ["--preset", "msgd-tiny", "--resolution", "32", "--batch-size", "2", "--log-every", "1", "--val-every", "0",
         "--num-workers", "0", "--lr", "1e-3", "--quiet"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
 
 
 def run(manifest, out, *extra):

@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=_positive, default=1, help="MSGD samples averaged per test image")
     demo.add_argument("--check-steps", type=_positive, default=20,
                       help="training steps of the DeblurDiff tiny pipeline check")
+    demo.add_argument("--threads", type=_positive, default=1,
+                      help="torch intra-op threads: the demo's models are small and gain little from more, and "
+                           "on a machine shared with other work OpenMP's spinning threads made a 2-thread run "
+                           "5x slower than a 1-thread one")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -107,6 +107,17 @@ def _model_steps(out: Path, manifest: Path, name: str, train_args: list[str], q:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(getattr(args, "threads", threads))
+    try:
+        return _run_demo(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     from blurforge.demo import run_demo as data_demo
 
     t0 = time.perf_counter()

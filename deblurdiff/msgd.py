@@ -373,7 +373,7 @@ class MSGD(nn.Module):
             guides = {s.bit_length() - 1: f for s, (f, _) in guidance.items()}
         elif self.config.guidance == "input":
             inputs += [F.interpolate(r, scale_factor=float(s), mode="nearest") for s, (_, r) in guidance.items()]
-        return self.unet(torch.cat(inputs, dim=1), t, guides)
+        return self.unet(torch.cat([v.to(self.dtype) for v in inputs], dim=1), t, guides)  # any input dtype
 
     def predict_eps(self, x_t: torch.Tensor, t, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The sampler protocol (:mod:`deblurdiff.sampling`): one prediction of what the scheduler's

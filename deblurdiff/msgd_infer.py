@@ -42,13 +42,14 @@ def check_tiling(model, tile_size: int | None, tile_overlap: int) -> None:
 
 def sample_images(model, blurry: torch.Tensor, steps: int, generators, sampler: str | None = None,
                   samples: int = 1, tile: int | None = None, overlap: int = 0, callback=None,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False, timestep_spacing: str | None = None) -> torch.Tensor:
     """(B, 3, H, W) blurry in [0, 1], H and W multiples of ``model.size_multiple`` -> (B, 3, H, W)
     deblurred in [0, 1], float32, the mean of ``samples`` samples.
 
     ``generators``: one ``torch.Generator`` (shared by the batch, drawn from in sample order) or
     a list of lists, ``generators[i][b]`` for sample i of image b. ``tile``/``overlap`` in pixels
     (None: one pass). ``callback`` is passed to the sampler of the first sample.
+    ``timestep_spacing``: None = the model's scheduler config (``MSGDConfig.timestep_spacing``).
     """
     from deblurdiff.sampling import SAMPLERS
     from deblurdiff.tiling import TiledDenoiser
@@ -60,10 +61,12 @@ def sample_images(model, blurry: torch.Tensor, steps: int, generators, sampler: 
     y = (blurry * 2 - 1).to(model.dtype)
     big = tile is not None and max(y.shape[-2:]) > tile
     denoiser = TiledDenoiser(model, tile, overlap) if big else model
+    spacing = {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
     total = None
     for i in range(samples):
         gens = generators if isinstance(generators, torch.Generator) else generators[i]
-        x0 = SAMPLERS[name](denoiser, y, steps, gens, callback=callback if i == 0 else None, progress=progress)
+        x0 = SAMPLERS[name](denoiser, y, steps, gens, callback=callback if i == 0 else None, progress=progress,
+                            **spacing)
         image = model.to_image(x0, y)
         total = image if total is None else total + image
     return total / samples
@@ -116,7 +119,8 @@ class MSGDDeblurrer:
                     _write_all(intermediates, f"step-{info['i']:03d}_x0.png", model.to_image(info["x0"], y)[..., :h, :w])
 
             out = sample_images(model, xp, s.n_steps(), self.generators(keys), s.sampler, s.samples,
-                                s.tile_size, s.tile_overlap, callback, self.progress)
+                                s.tile_size, s.tile_overlap, callback, self.progress,
+                                getattr(s, "timestep_spacing", None))
             out = color_fix(s.color_fix, out[..., :h, :w], x)
         return _to_numpy(out)
 

@@ -57,6 +57,29 @@ def add_msgd_arguments(p: argparse.ArgumentParser) -> None:
                         "(msgd-cpu)")
 
 
+# Defaults of the optimisation options that are left unset (None) for an MSGD preset (DeblurDiff's
+# --recipe does not apply): Adam, batch 256 and fp32 as the paper; lr, steps and clipping are this
+# project's choices (the paper's text gives a warm-up then a constant LR, not its value).
+DEFAULTS = {
+    "optimizer": "adamw", "weight_decay": 0.0, "lr": 1e-4, "batch_size": 256, "max_steps": 100_000,
+    "max_grad_norm": 1.0, "mixed_precision": "no", "gradient_checkpointing": False,
+}
+# DeblurDiff-only options and their unset values
+DEBLURDIFF_ONLY = {
+    "pretrained": None, "variant": "lkpn", "eps_loss_weight": 1.0, "latent_loss_weight": 1.0,
+    "pixel_loss_weight": 0.0, "controlnet_input": None, "blurry_range": None, "posterior": None,
+    "lkpn_zero_init": None, "timestep_spacing": None, "attention_window": None,
+}
+
+
+def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the optimisation options left unset (None) with :data:`DEFAULTS`; returns ``args``."""
+    for name, value in DEFAULTS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return args
+
+
 def check_args(args: argparse.Namespace) -> bool:
     """True for an MSGD preset (after checking its options); False for DeblurDiff presets, which
     must not be given MSGD options. Raises ``ValueError`` naming the option and the fix."""
@@ -66,10 +89,8 @@ def check_args(args: argparse.Namespace) -> bool:
             raise ValueError(f"{', '.join(given)} only apply to MSGD presets ({', '.join(PRESETS)}); "
                              f"--preset {args.preset} is DeblurDiff — drop them or choose an msgd-* preset")
         return False
-    deblurdiff_only = [name for name, now, default in (
-        ("--pretrained", args.pretrained, None), ("--variant", args.variant, "lkpn"),
-        ("--eps-loss-weight", args.eps_loss_weight, 1.0), ("--latent-loss-weight", args.latent_loss_weight, 1.0),
-        ("--pixel-loss-weight", args.pixel_loss_weight, 0.0)) if now != default]
+    deblurdiff_only = [f"--{name.replace('_', '-')}" for name, unset in DEBLURDIFF_ONLY.items()
+                       if getattr(args, name, unset) != unset]
     if deblurdiff_only:
         raise ValueError(f"{', '.join(deblurdiff_only)} only apply to DeblurDiff presets; --preset {args.preset} "
                          "is MSGD (trained from scratch, no pretrained parts) — drop them")

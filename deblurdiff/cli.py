@@ -1,4 +1,6 @@
-"""The ``deblurdiff`` command line: describe, train, infer, evaluate, convert, demo.
+"""The ``deblurdiff`` command line: describe, train, infer, evaluate, convert, demo — for both
+model families, DeblurDiff (``tiny``/``sd*`` presets) and MSGD (``msgd-*`` presets,
+:mod:`deblurdiff.msgd`).
 
 Each command's options and implementation live in its module (``train.py``, ``infer.py``,
 ``evaluate.py``); torch and diffusers are imported only when a command runs.
@@ -19,15 +21,25 @@ typical run:
 the authors' released weights (model.pth of github.com/kkkls/DeblurDiff):
   deblurdiff convert --checkpoint model.pth --output deblurdiff-released/
   deblurdiff infer --checkpoint deblurdiff-released/ --input blurry/ --output deblurred/
+
+MSGD (trained from scratch, no pretrained weights):
+  deblurdiff train --manifest manifest.parquet --preset msgd-cpu --resolution 64 --batch-size 8 --lr 2e-3 \
+      --max-steps 600 --output-dir run-msgd/
+  deblurdiff infer --checkpoint run-msgd/final --input blurry/ --output deblurred/ --samples 4
 """
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
+    from deblurdiff.msgd import build_msgd, is_msgd_preset
     from deblurdiff.presets import build_model
 
-    model = build_model(args.preset, pretrained=args.pretrained, variant=args.variant, seed=args.seed)
+    if is_msgd_preset(args.preset):  # the MSGD family: guidance networks + icDPM UNet, all trained
+        model, parts, args.variant = build_msgd(args.preset, seed=args.seed), ("guidance", "unet"), "-"
+    else:
+        model = build_model(args.preset, pretrained=args.pretrained, variant=args.variant, seed=args.seed)
+        parts = ("vae", "unet", "controlnet", "lkpn")
     rows = []
-    for name in ("vae", "unet", "controlnet", "lkpn"):
+    for name in parts:
         part = getattr(model, name, None)
         if part is None:
             continue
@@ -48,11 +60,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+DEMO_STEPS = 600  # MSGD training steps of the default demo (README: measured PSNR and wall time)
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deblurdiff import __version__
     from deblurdiff.convert import add_convert_arguments, run_convert
     from deblurdiff.evaluate import add_evaluate_arguments, run_evaluate
     from deblurdiff.infer import add_infer_arguments, run_infer
+    from deblurdiff.msgd import PRESETS as MSGD_PRESETS
     from deblurdiff.train import add_train_arguments, run_train
 
     p = argparse.ArgumentParser(
@@ -71,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     d = add("describe", cmd_describe, "build a model from a preset and list its parts and parameter counts")
-    d.add_argument("--preset", choices=["tiny", "sd21-base", "sd15"], default="tiny",
-                   help="tiny: seeded random model for CPU tests; sd*: load from --pretrained")
+    d.add_argument("--preset", choices=["tiny", "sd21-base", "sd15", *MSGD_PRESETS], default="tiny",
+                   help="tiny: seeded random model for CPU tests; sd*: load from --pretrained; msgd-*: the MSGD "
+                        "family (tiny for tests, cpu for the demo, base for GPUs)")
     d.add_argument("--pretrained", metavar="SD_DIR", help="local diffusers folder of Stable Diffusion (sd presets)")
     d.add_argument("--variant", choices=["lkpn", "blurry", "lkpn-direct", "lkpn-static"], default="lkpn",
                    help="conditioning variant (the paper's ablations)")
@@ -90,10 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
         "state_dict, SD 2.1-base and OpenCLIP included) into a checkpoint folder that 'deblurdiff infer "
         "--checkpoint' loads; the released architecture and preprocessing are recorded in it",
         argparse.RawDescriptionHelpFormatter))
-    demo = add("demo", cmd_demo, "the whole mission on the embedded default: blurforge demo data -> train the tiny "
-                                 "preset briefly -> infer -> evaluate")
+    demo = add("demo", cmd_demo, "the whole mission on the embedded default, on a CPU: blurforge demo data -> "
+                                 "train MSGD (msgd-cpu) for a few minutes -> deblur the test split -> evaluate "
+                                 "against the blurry input; plus DeblurDiff's tiny preset as a pipeline check")
     demo.add_argument("--out", default="demo_out", help="output directory")
-    demo.add_argument("--steps", type=int, default=60, help="training steps of the tiny preset")
+    demo.add_argument("--steps", type=_positive, default=DEMO_STEPS, help="training steps of the MSGD model")
+    demo.add_argument("--samples", type=_positive, default=1, help="MSGD samples averaged per test image")
+    demo.add_argument("--check-steps", type=_positive, default=20,
+                      help="training steps of the DeblurDiff tiny pipeline check")
+    demo.add_argument("--threads", type=_positive, default=1,
+                      help="torch intra-op threads: the demo's models are small and gain little from more, and "
+                           "on a machine shared with other work OpenMP's spinning threads made a 2-thread run "
+                           "5x slower than a 1-thread one")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

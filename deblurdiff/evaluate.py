@@ -6,8 +6,11 @@ Predictions come from a folder (``--predictions DIR``, files named
 ``--predictions DIR`` or, by default, ``<report stem>_predictions/`` beside the report).
 
 Writes ``report.csv`` (one row per manifest row of the split: key, source, split, status,
-psnr, ssim, the optional metrics asked for, error) and ``report.json`` (settings, per source and
-split means and counts, unavailable metrics with reasons), and prints the summary table. Rows
+psnr, ssim, psnr_input, ssim_input, the optional metrics asked for, error) and ``report.json``
+(settings, per source and split means and counts, unavailable metrics with reasons), and prints
+the summary table. ``psnr_input`` / ``ssim_input`` score the blurry input itself against the
+sharp image, with the same colour space and crop: the baseline every deblurring table needs (a
+deblurrer helps only where its PSNR is above the input's). Rows
 whose prediction is missing or unreadable are kept with status ``missing`` / ``error`` and
 counted, never silently dropped; the exit status is then 1. Metric definitions, colour space and
 border crop: :mod:`deblurdiff.metrics`.
@@ -77,6 +80,22 @@ def find_prediction(pred_dir: Path, key: str) -> Path | None:
     return None
 
 
+def input_baseline(blur_path, sharp: np.ndarray, crop: int, y_channel: bool) -> dict:
+    """``{"psnr_input", "ssim_input"}``: the blurry input scored against the sharp image (None
+    if it cannot be read or differs in size)."""
+    from blurforge.imageio import ImageReadError, read_image
+    from deblurdiff.metrics import full_reference
+
+    try:
+        blurry = read_image(blur_path)[0]
+    except ImageReadError:
+        return {"psnr_input": None, "ssim_input": None}
+    if blurry.shape != sharp.shape:
+        return {"psnr_input": None, "ssim_input": None}
+    scores = full_reference(blurry, sharp, crop=crop, y_channel=y_channel)
+    return {"psnr_input": scores["psnr"], "ssim_input": scores["ssim"]}
+
+
 def _mean(values: list[float]) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
@@ -109,7 +128,7 @@ def _fmt(v, digits: int = 4) -> str:
 
 def format_table(summary: list[dict], metric_names: list[str]) -> str:
     cols = ["source", "split", "pairs", "scored", "missing", "errors"] + metric_names
-    digits = {"psnr": 2}
+    digits = {"psnr": 2, "psnr_input": 2}
     table = [[_fmt(s[c], digits.get(c, 4)) for c in cols] for s in summary]
     widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths)))]
@@ -140,7 +159,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out_csv = Path(args.out)
     optional = _optional_names(args.metrics)
     m = read_manifest(args.manifest)
-    rows = [r for r in m.table.select(["key", "source", "split", "sharp_path", "width", "height"]).to_pylist()
+    rows = [r for r in m.table.select(["key", "source", "split", "blur_path", "sharp_path", "width", "height"]).to_pylist()
             if args.split == "all" or r["split"] == args.split]
     if not rows:
         have = sorted(set(m.table.column("split").to_pylist()))
@@ -187,6 +206,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 raise ValueError(f"{pred_path}: size {pred.shape[1]}x{pred.shape[0]} but the sharp image is "
                                  f"{sharp.shape[1]}x{sharp.shape[0]}")
             res.update(full_reference(pred, sharp, crop=args.crop, y_channel=args.y_channel))
+            res.update(input_baseline(m.abspath(r["blur_path"]), sharp, args.crop, args.y_channel))
             for name, metric in metrics.items():
                 res[name] = metric(prepare(pred, args.crop).astype(np.float32),
                                    prepare(sharp, args.crop).astype(np.float32))
@@ -194,7 +214,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             res.update(status="error", error=str(exc))
         results.append(res)
 
-    metric_names = ["psnr", "ssim"] + optional
+    metric_names = ["psnr", "ssim", "psnr_input", "ssim_input"] + optional
     columns = ["key", "source", "split", "status"] + metric_names + ["error"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -222,6 +242,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     overall = summary[-1]
     space = "Y" if args.y_channel else "RGB"
     print(f"evaluate: {overall['scored']} of {overall['pairs']} pairs scored ({space}, crop {args.crop}), "
-          f"{overall['missing']} missing, {overall['errors']} errors, mean PSNR {_fmt(overall['psnr'], 2)} dB, "
-          f"SSIM {_fmt(overall['ssim'])} in {time.perf_counter() - t0:.1f} s -> {out_csv}, {json_path}")
+          f"{overall['missing']} missing, {overall['errors']} errors, mean PSNR {_fmt(overall['psnr'], 2)} dB "
+          f"(blurry input {_fmt(overall['psnr_input'], 2)} dB), SSIM {_fmt(overall['ssim'])} "
+          f"(input {_fmt(overall['ssim_input'])}) in {time.perf_counter() - t0:.1f} s -> {out_csv}, {json_path}")
     return 0 if overall["missing"] == 0 and overall["errors"] == 0 else 1

@@ -160,6 +160,7 @@ class InferSettings:
     tile_overlap: int = 128  # pixels
     color_fix: str = "adain"  # adain | wavelet | none
     timestep_spacing: str | None = None  # leading | linspace | trailing; None = the checkpoint's
+    samples: int = 1  # sample averaging (MSGD checkpoints only)
 
     def n_steps(self) -> int:
         from deblurdiff.sampling import DEFAULT_STEPS
@@ -180,6 +181,9 @@ class Deblurrer:
             raise ValueError(f"--sampler {settings.sampler!r} unknown — choose one of {', '.join(SAMPLERS)}")
         if settings.color_fix not in COLOR_FIXES:
             raise ValueError(f"--color-fix {settings.color_fix!r} unknown — choose one of {', '.join(COLOR_FIXES)}")
+        if settings.samples != 1:
+            raise ValueError(f"--samples {settings.samples}: sample averaging is implemented for MSGD checkpoints "
+                             "only — use --samples 1 with DeblurDiff")
         check_tiling(model, settings.tile_size, settings.tile_overlap)
         self.model = model
         self.settings = settings
@@ -199,10 +203,7 @@ class Deblurrer:
         from deblurdiff.tiling import TiledDenoiser, pad_to_multiple, tiled_decode, tiled_encode
 
         s, model = self.settings, self.model
-        shapes = {im.shape for im in images}
-        if len(shapes) != 1:
-            raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")
-        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device, torch.float32)
+        x = images_to_batch(images, self.device)
         xp, (h, w) = pad_to_multiple(x, self.multiple)
         f = model.vae_scale_factor
         big = s.tile_size is not None and max(xp.shape[-2:]) > s.tile_size
@@ -231,6 +232,16 @@ class Deblurrer:
                              timestep_spacing=spacing)
             out = color_fix(s.color_fix, decode(z0), x)
         return _to_numpy(out)
+
+
+def images_to_batch(images: list[np.ndarray], device):
+    """Same-size ``H×W×3`` float32 arrays -> a (B, 3, H, W) float32 tensor on ``device``."""
+    import torch
+
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(device, torch.float32)
 
 
 def _to_numpy(batch) -> list[np.ndarray]:
@@ -306,15 +317,21 @@ def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_required: bo
 
     g = parser.add_argument_group("model and sampling")
     g.add_argument("--checkpoint", required=checkpoint_required, metavar="DIR|FILE",
-                   help="checkpoint folder written by deblurdiff train / deblurdiff convert, or the released "
+                   help="checkpoint folder written by deblurdiff train (DeblurDiff or MSGD: the folder says "
+                        "which) / deblurdiff convert, or the released "
                         "model.pth of github.com/kkkls/DeblurDiff (converted in memory; 'deblurdiff convert' saves "
                         "the result)")
     g.add_argument("--pretrained", metavar="SD_DIR",
                    help="local diffusers folder of Stable Diffusion (overrides the path recorded in the checkpoint)")
-    g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver"], default="ddpm",
-                   help="ddpm: the paper's Algorithm 1; ddim / dpmsolver: fast 10–20-step variants")
+    g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver"], default=None,
+                   help="ddpm: the paper's Algorithm 1 (DeblurDiff default); ddim / dpmsolver: fast 10–20-step "
+                        "variants; MSGD checkpoints default to their preset's sampler")
     g.add_argument("--steps", type=_positive_int, default=None,
-                   help="denoising steps (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")
+                   help="denoising steps (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
+                        + "; MSGD: its preset's)")
+    g.add_argument("--samples", type=_positive_int, default=1,
+                   help="MSGD only: average this many samples per image (the paper's SA: higher PSNR, less "
+                        "perceptual detail)")
     g.add_argument("--timestep-spacing", choices=list(SPACINGS), default=None,
                    help="which of the 1000 training timesteps the sampler visits: linspace (999, 979, ..., 0; the "
                         "released code, default for converted checkpoints), leading (981, 961, ..., 1; SD's "
@@ -323,9 +340,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_required: bo
     g.add_argument("--tile-size", type=int, default=512,
                    help="pixels; larger images are processed in Gaussian-blended tiles (0 = never tile)")
     g.add_argument("--tile-overlap", type=int, default=128, help="overlap of neighbouring tiles, pixels")
-    g.add_argument("--color-fix", choices=list(COLOR_FIXES), default="adain",
-                   help="adain: match per-channel mean/std (RGB) to the input; wavelet: keep the input's low "
-                        "frequencies; none")
+    g.add_argument("--color-fix", choices=list(COLOR_FIXES), default=None,
+                   help="adain: match per-channel mean/std (RGB) to the input (DeblurDiff default); wavelet: keep "
+                        "the input's low frequencies; none (MSGD default)")
     g.add_argument("--dtype", choices=list(DTYPE_NAMES), default="fp32",
                    help="inference precision (bf16 / fp16 are meant for CUDA; on CPU they are slow)")
     g.add_argument("--batch-size", type=_positive_int, default=1, help="images of the same size per batch")
@@ -342,7 +359,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="manifest split to deblur (train/val/test/all)")
     parser.add_argument("--save-intermediates", action="store_true",
                         help="write the decoded z_s and x0 estimates of every step to "
-                             "OUTPUT/intermediates/NAME/step-XXX_{zs,z0}.png")
+                             "OUTPUT/intermediates/NAME/step-XXX_{zs,z0}.png; MSGD: the guidance outputs per "
+                             "scale (guidance-sS.png) and the x0 estimate of every step (step-XXX_x0.png)")
     add_model_arguments(parser, checkpoint_required=True)
 
 
@@ -353,16 +371,31 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def settings_from_args(args: argparse.Namespace) -> InferSettings:
+def settings_from_args(args: argparse.Namespace, model=None) -> InferSettings:
+    """Settings from the CLI; options left unset take the model family's defaults (DeblurDiff:
+    ddpm, adain; MSGD: its config's sampler and steps, no colour fix)."""
+    defaults = {"sampler": "ddpm", "steps": None, "color_fix": "adain"}
+    if getattr(model, "family", None) == "msgd":
+        defaults = {"sampler": model.config.sampler, "steps": model.config.sampling_steps, "color_fix": "none"}
     return InferSettings(
-        sampler=args.sampler,
-        steps=args.steps,
+        sampler=args.sampler or defaults["sampler"],
+        steps=args.steps if args.steps is not None else defaults["steps"],
         seed=args.seed,
         tile_size=args.tile_size or None,
         tile_overlap=args.tile_overlap,
-        color_fix=args.color_fix,
+        color_fix=args.color_fix or defaults["color_fix"],
+        samples=getattr(args, "samples", 1),
         timestep_spacing=args.timestep_spacing,
     )
+
+
+def make_deblurrer(model, settings: InferSettings, progress: bool = False):
+    """The inference pipeline of the model's family: :class:`Deblurrer` or MSGD's."""
+    if getattr(model, "family", None) == "msgd":
+        from deblurdiff.msgd_infer import MSGDDeblurrer
+
+        return MSGDDeblurrer(model, settings, progress)
+    return Deblurrer(model, settings, progress)
 
 
 def load_model(args: argparse.Namespace):
@@ -373,6 +406,14 @@ def load_model(args: argparse.Namespace):
     dtype, note = resolve_dtype(args.dtype, device)
     if note:
         print(f"deblurdiff: {note}", file=sys.stderr)
+    from deblurdiff.msgd import MSGD, is_msgd_checkpoint
+
+    if is_msgd_checkpoint(args.checkpoint):  # the MSGD family: one network, no pretrained parts
+        if args.pretrained:
+            raise ValueError(f"--pretrained: {args.checkpoint} is an MSGD checkpoint, which has no pretrained "
+                             "parts — drop --pretrained")
+        model = MSGD.from_pretrained(args.checkpoint).to(device=device, dtype=dtype).eval()
+        return model, device, str(dtype).replace("torch.", "")
     from deblurdiff.convert import is_checkpoint_file, load_released
 
     if is_checkpoint_file(args.checkpoint):
@@ -400,10 +441,10 @@ def run_infer(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     check_output(out_dir, input_root, jobs, protected, manifest=is_manifest(src))
     names = {}
-    settings = settings_from_args(args)
     model, device, dtype_name = load_model(args)
+    settings = settings_from_args(args, model)
     t_loaded = time.perf_counter()
-    deblur = Deblurrer(model, settings, progress=not args.quiet)
+    deblur = make_deblurrer(model, settings, progress=not args.quiet)
     failures: list[dict] = []
     done = 0
     bar = tqdm(total=len(jobs), desc="infer", unit="img", disable=args.quiet)

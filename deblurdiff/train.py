@@ -89,6 +89,14 @@ examples:
   accelerate launch --num_processes 8 -m deblurdiff train --recipe released --manifest m.parquet --preset sd21-base \\
       --pretrained SD21 --output-dir runs/released --micro-batch-size 8                              # batch 64
   deblurdiff train ... --output-dir runs/sd --resume latest      # continue after a crash / preemption
+
+MSGD (Ren et al. 2023, the second model family; pixel space, trained from scratch, no --pretrained):
+  deblurdiff train --manifest m.parquet --preset msgd-cpu --resolution 64 --batch-size 8 --lr 2e-3 \\
+      --max-steps 600 --output-dir runs/msgd
+  deblurdiff train --manifest m.parquet --preset msgd-base --resolution 256 --batch-size 32 --lr 1e-4 \\
+      --lr-warmup 5000 --mixed-precision bf16 --output-dir runs/msgd-base   # linear warm-up, then constant
+  ... --guidance none | --guidance input | --scales 4 | --guidance-target rgb | --regression-weight 0
+      (the paper's ablations)
 """
 
 # Defaults of the recipe-controlled options (argparse leaves them None; apply_recipe fills them in).
@@ -141,11 +149,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from deblurdiff.lkpn import ZERO_INITS
     from deblurdiff.model import BLURRY_RANGES, CONTROLNET_INPUTS, POSTERIORS, VARIANTS
     from deblurdiff.sampling import SPACINGS
+    from deblurdiff.msgd import PRESETS as MSGD_PRESETS
+    from deblurdiff.msgd_train import add_msgd_arguments
 
     p.description = " ".join(filter(None, [
         p.description,
         "Train DeblurDiff's ControlNet and LKPN (frozen Stable Diffusion) on the train split of "
-        "blurforge manifests. Runs on one CPU/GPU, or on many with 'accelerate launch'.",
+        "blurforge manifests, or the MSGD model (--preset msgd-*). Runs on one CPU/GPU, or on many with "
+        "'accelerate launch'.",
     ]))
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -164,8 +175,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "printed at start-up)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--preset", choices=["sd21-base", "sd15", "tiny"], default="sd21-base",
-                   help="frozen SD parts: sd* from --pretrained, tiny = seeded random miniature (default sd21-base)")
+    g.add_argument("--preset", choices=["sd21-base", "sd15", "tiny", *MSGD_PRESETS], default="sd21-base",
+                   help="frozen SD parts: sd* from --pretrained, tiny = seeded random miniature; msgd-*: the MSGD "
+                        "model family instead of DeblurDiff (default sd21-base)")
     g.add_argument("--pretrained", metavar="SD_DIR", help="local diffusers folder of Stable Diffusion (sd presets)")
     g.add_argument("--variant", choices=list(VARIANTS), default="lkpn", help="conditioning variant (default lkpn)")
     g.add_argument("--recipe", choices=list(RECIPES), default="paper",
@@ -209,6 +221,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="(recipe: paper 0, released 0.01)")
     g.add_argument("--lr-warmup", type=_nonneg_int, default=0, metavar="STEPS",
                    help="linear warm-up steps, then constant (default 0)")
+    g.add_argument("--lr-decay", choices=["none", "cosine"], default="none",
+                   help="after the warm-up: none = constant (default, as both papers), cosine = decay to 0 at "
+                        "--max-steps (short runs such as the CPU demo; resume with the same --max-steps)")
     g.add_argument("--max-grad-norm", metavar="NORM", type=_nonneg_float, default=None,
                    help="gradient clipping, 0 = off (recipe: paper 1, released 0)")
     g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
@@ -232,6 +247,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--val-count", metavar="N", type=_positive_int, default=4, help="val pairs (the first by key) (default 4)")
     g.add_argument("--val-steps", metavar="N", type=_positive_int, default=20, help="DDIM steps of the validation sampler (default 20)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_msgd_arguments(p)
     return p
 
 
@@ -273,8 +289,8 @@ def _loss_module_class():
             super().__init__()
             self.model = model
 
-        def forward(self, blurry, sharp, generator=None):
-            return self.model.training_losses(blurry, sharp, generator=generator)
+        def forward(self, blurry, sharp, generator=None, **kwargs):  # kwargs: MSGD's step
+            return self.model.training_losses(blurry, sharp, generator=generator, **kwargs)
 
     return TrainingLosses
 
@@ -308,11 +324,18 @@ def build_optimizer(params, name: str, lr: float, weight_decay: float):
     return cls(params, lr=lr, weight_decay=weight_decay)
 
 
-def build_scheduler(optimizer, warmup: int):
-    """Constant LR after ``warmup`` linear steps: factor ``min(1, (s + 1) / (warmup + 1))`` at step s."""
+def build_scheduler(optimizer, warmup: int, decay: str = "none", total: int | None = None):
+    """LR factor at step s: ``min(1, (s + 1) / (warmup + 1))`` (linear warm-up, then constant), times
+    ``0.5 (1 + cos(pi min(1, (s - warmup) / (total - warmup))))`` after the warm-up for ``decay="cosine"``."""
     import torch
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    def factor(s: int) -> float:
+        f = min(1.0, (s + 1) / (warmup + 1))
+        if decay == "cosine" and s >= warmup:
+            f *= 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup))))
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
@@ -469,13 +492,11 @@ def save_checkpoint(accelerator, output_dir: Path, model, optimizer, scheduler, 
     return target
 
 
-def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, generator) -> TrainState:
-    """Restore trained weights, optimizer, scheduler, scaler and RNG from ``path``; returns the state."""
-    import torch
+def _load_deblurdiff_parts(path: Path, model) -> None:
+    """Load the trained ControlNet and LKPN of a DeblurDiff checkpoint, after checking its config."""
 
     from deblurdiff.model import CONFIG_NAME, load_trained_parts
 
-    record = json.loads((path / STATE_NAME).read_text())
     saved = json.loads((path / "model" / CONFIG_NAME).read_text())["config"]
     now = dataclasses.asdict(model.config)
     differ = sorted(k for k in now if k != "pretrained" and saved.get(k) != now[k])
@@ -489,6 +510,17 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, genera
     model.controlnet.load_state_dict(controlnet.state_dict())
     if model.lkpn is not None:
         model.lkpn.load_state_dict(lkpn.state_dict())
+
+
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, generator) -> TrainState:
+    """Restore trained weights, optimizer, scheduler, scaler and RNG from ``path``; returns the state."""
+    import torch
+
+    record = json.loads((path / STATE_NAME).read_text())
+    if getattr(model, "family", None) == "msgd":  # MSGD family: one weights file, its own config check
+        model.load_trained(path / "model")
+    else:
+        _load_deblurdiff_parts(path, model)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
     if accelerator.scaler is not None and (path / "scaler.pt").is_file():
@@ -560,6 +592,7 @@ def validate(accelerator, model, val_set, step: int, args, out_dir: Path) -> dic
     import torch
 
     from blurforge.imageio import encode_image, write_bytes_atomic
+    from deblurdiff import msgd_train
     from deblurdiff.metrics import psnr
     from deblurdiff.sampling import sample_ddim
 
@@ -571,9 +604,12 @@ def validate(accelerator, model, val_set, step: int, args, out_dir: Path) -> dic
         for i in range(0, len(val_set), args.micro_batch_size):
             items = [val_set[j] for j in range(i, min(len(val_set), i + args.micro_batch_size))]
             blurry = torch.stack([it["blurry"] for it in items]).to(accelerator.device)
-            z_lq = model.encode(blurry, gen, blurry=True)
-            z0 = sample_ddim(model, z_lq, args.val_steps, gen, timestep_spacing=model.config.timestep_spacing)
-            out = model.decode(z0).float().cpu()
+            if getattr(model, "family", None) == "msgd":  # MSGD family: pixel space, its own sampler
+                out = msgd_train.validation_samples(model, blurry, args.val_steps, gen).float().cpu()
+            else:
+                z_lq = model.encode(blurry, gen, blurry=True)
+                z0 = sample_ddim(model, z_lq, args.val_steps, gen, timestep_spacing=model.config.timestep_spacing)
+                out = model.decode(z0).float().cpu()
             for it, o in zip(items, out):
                 b, s = (it["blurry"].permute(1, 2, 0).numpy(), it["sharp"].permute(1, 2, 0).numpy())
                 o = o.permute(1, 2, 0).numpy()
@@ -602,9 +638,17 @@ class TrainResult:
     seconds: float
 
 
-def _check_args(args) -> None:
-    apply_recipe(args)
-    if args.preset != "tiny" and not args.pretrained:
+def _check_args(args) -> bool:
+    """Refuse bad option combinations and fill the recipe (DeblurDiff) or MSGD defaults; returns
+    whether the preset is an MSGD one."""
+    from deblurdiff.msgd_train import apply_defaults as apply_msgd_defaults, check_args as check_msgd_args
+
+    msgd = check_msgd_args(args)  # MSGD options only with msgd-* presets, DeblurDiff ones only without
+    if msgd:
+        apply_msgd_defaults(args)
+    else:
+        apply_recipe(args)
+    if not msgd and args.preset != "tiny" and not args.pretrained:
         raise ValueError(f"--preset {args.preset} needs --pretrained SD_DIR (a local diffusers copy); "
                          "--preset tiny trains a seeded miniature without one")
     if args.preset == "tiny" and args.pretrained:
@@ -614,11 +658,12 @@ def _check_args(args) -> None:
                          "--manifest(s) — give one weight per manifest, in the same order")
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    return msgd
 
 
 def train(args: argparse.Namespace) -> TrainResult:
     """Run training as ``args`` says (see :func:`add_train_arguments`); returns a :class:`TrainResult`."""
-    _check_args(args)
+    msgd = _check_args(args)
     import numpy as np
     import torch
     from accelerate import Accelerator
@@ -644,7 +689,8 @@ def train(args: argparse.Namespace) -> TrainResult:
         args.num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if main:
         clip = f"clipping at {args.max_grad_norm:g}" if args.max_grad_norm else "no clipping"
-        print(f"deblurdiff train: recipe {args.recipe}: global batch {args.batch_size} = {world} process(es) x "
+        recipe = "MSGD defaults" if msgd else f"recipe {args.recipe}"
+        print(f"deblurdiff train: {recipe}: global batch {args.batch_size} = {world} process(es) x "
               f"{args.micro_batch_size} pairs x {args.grad_accum} accumulation step(s); {args.optimizer} lr "
               f"{args.lr:g} weight decay {args.weight_decay:g}, {clip}; precision {args.mixed_precision}"
               f"{', TF32' if accelerator.device.type == 'cuda' and args.tf32 else ''}; {args.num_workers} data "
@@ -673,23 +719,28 @@ def train(args: argparse.Namespace) -> TrainResult:
                   f"{val_note}", file=sys.stderr)
 
     # -- model ------------------------------------------------------------------------------
-    model = build_model(
-        args.preset, pretrained=args.pretrained, variant=args.variant, seed=args.seed,
-        loss_eps_weight=args.eps_loss_weight, loss_latent_weight=args.latent_loss_weight,
-        loss_pixel_weight=args.pixel_loss_weight, controlnet_input=args.controlnet_input,
-        blurry_range=args.blurry_range, posterior=args.posterior, timestep_spacing=args.timestep_spacing,
-        attention_window=args.attention_window, lkpn={"zero_init": args.lkpn_zero_init},
-    )
-    f = model.vae_scale_factor
-    if args.resolution % f:
-        raise ValueError(f"--resolution {args.resolution} must be a multiple of the VAE's factor {f} "
-                         f"(preset {args.preset})")
-    cast_frozen(model, half_dtype(args.mixed_precision))
+    if msgd:  # the MSGD family (deblurdiff.msgd): pixel space, no frozen parts, all of it trains
+        from deblurdiff.msgd_train import build_model_from_args
+
+        model = build_model_from_args(args)
+    else:
+        model = build_model(
+            args.preset, pretrained=args.pretrained, variant=args.variant, seed=args.seed,
+            loss_eps_weight=args.eps_loss_weight, loss_latent_weight=args.latent_loss_weight,
+            loss_pixel_weight=args.pixel_loss_weight, controlnet_input=args.controlnet_input,
+            blurry_range=args.blurry_range, posterior=args.posterior, timestep_spacing=args.timestep_spacing,
+            attention_window=args.attention_window, lkpn={"zero_init": args.lkpn_zero_init},
+        )
+        f = model.vae_scale_factor
+        if args.resolution % f:
+            raise ValueError(f"--resolution {args.resolution} must be a multiple of the VAE's factor {f} "
+                             f"(preset {args.preset})")
+        cast_frozen(model, half_dtype(args.mixed_precision))
     model.set_gradient_checkpointing(args.gradient_checkpointing)
     model.train()
     params = model.trainable_parameters()
     optimizer = build_optimizer(params, args.optimizer, args.lr, args.weight_decay)
-    scheduler = build_scheduler(optimizer, args.lr_warmup)
+    scheduler = build_scheduler(optimizer, args.lr_warmup, args.lr_decay, args.max_steps)
     noise_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([args.seed, 2, rank]).generate_state(1)[0]))
     loss_module, optimizer = accelerator.prepare(_loss_module_class()(model), optimizer)
 
@@ -728,6 +779,9 @@ def train(args: argparse.Namespace) -> TrainResult:
     bar = tqdm(total=args.max_steps, initial=state.step, desc="train", unit="step",
                disable=not main or args.quiet, dynamic_ncols=True)
     keys = ["loss", "loss_eps", "loss_latent"] + (["loss_pixel"] if args.pixel_loss_weight > 0 else [])
+    if msgd:
+        keys = model.loss_names()
+    loss_kwargs = {}  # MSGD: the optimizer step, for its denoising-weight ramp
     sums = torch.zeros(len(keys) + 1, dtype=torch.float64)  # finite step means + count, since the last log
     t_log, samples_log = time.perf_counter(), state.samples
     last_loss, grad_norm = None, float("nan")
@@ -742,7 +796,9 @@ def train(args: argparse.Namespace) -> TrainResult:
                 blurry = batch["blurry"].to(accelerator.device, non_blocking=True)
                 sharp = batch["sharp"].to(accelerator.device, non_blocking=True)
                 with accelerator.accumulate(loss_module):
-                    losses = loss_module(blurry, sharp, noise_gen)
+                    if msgd:
+                        loss_kwargs["step"] = state.step
+                    losses = loss_module(blurry, sharp, noise_gen, **loss_kwargs)
                     loss = losses["loss"]
                     vals = torch.tensor([float(losses[k].detach()) for k in keys], dtype=torch.float64)
                     finite = bool(torch.isfinite(vals).all())

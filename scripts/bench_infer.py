@@ -2,6 +2,12 @@
 
     python scripts/bench_infer.py                                   # full SD-2.1 size, random weights, CUDA
     python scripts/bench_infer.py --preset tiny --device cpu --sizes 64x64,128x72   # CPU smoke run
+    python scripts/bench_infer.py --preset tiny --device cpu --per-step --sizes 300x200,600x400
+
+``--per-step`` measures the cost of one denoising step as a function of image size: each size is
+run with ddim-1 and ddim-``1+K`` (K = ``--per-step-extra``, default 4) and the difference divided by K
+(VAE encode/decode and colour fix cancel out), untiled. The baseline is the first size: the table
+gives each size's pixel ratio and time ratio against it (linear cost: the two ratios are equal).
 
 The full run builds DeblurDiff at SD 2.1-base size (VAE, UNet, ControlNet, paper-size LKPN) with
 seeded *random* weights — timings do not depend on the weights and nothing is downloaded — and
@@ -65,6 +71,52 @@ def parse_configs(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def per_step(args) -> int:
+    """--per-step: seconds per denoising step at each size; ratios against the first size."""
+    import numpy as np
+    import torch
+
+    from deblurdiff.infer import Deblurrer, InferSettings, prepare_model, resolve_device
+    from deblurdiff.presets import build_model
+
+    device = resolve_device(args.device)
+    if args.preset == "sd21-base" and device.type != "cuda":
+        print("bench_infer --per-step: sd21-base needs a CUDA GPU — nothing measured; use --preset tiny on a CPU")
+        return 0
+    print(f"plan: preset {args.preset}, per-step cost at {args.sizes} on {device}, fp32, untiled, "
+          f"ddim-1 vs ddim-{1 + args.per_step_extra}, median of {max(args.repeats, 3)} after a warm-up; "
+          f"{torch.get_num_threads()} CPU thread(s)")
+    model = prepare_model(sd21_random_model() if args.preset == "sd21-base" else build_model("tiny", seed=0),
+                          device, torch.float32)
+    rng = np.random.default_rng(0)
+    rows = []
+    for w, h in parse_sizes(args.sizes):
+        img = rng.random((h, w, 3), dtype=np.float32)
+        times = {}
+        for steps in (1, 1 + args.per_step_extra):
+            run = Deblurrer(model, InferSettings(sampler="ddim", steps=steps, tile_size=None, color_fix="none"))
+            run([img], ["warm-up"])
+            samples = []
+            for _ in range(max(args.repeats, 3)):
+                t0 = time.perf_counter()
+                run([img], ["bench"])
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                samples.append(time.perf_counter() - t0)
+            times[steps] = float(np.median(samples))
+        step_s = (times[1 + args.per_step_extra] - times[1]) / args.per_step_extra
+        rows.append((w, h, times[1] - step_s, step_s))
+        print(f"  {w}x{h}: ddim-1 {times[1]:.3f} s, ddim-{1 + args.per_step_extra} "
+              f"{times[1 + args.per_step_extra]:.3f} s", file=sys.stderr)
+    w0, h0, _, s0 = rows[0]
+    print(f"{'size':<11}{'pixels':>10}{'s/step':>10}{'once s':>10}{'x pixels':>10}{'x s/step':>10}")
+    for w, h, once, step_s in rows:
+        print(f"{f'{w}x{h}':<11}{w * h:>10}{step_s:>10.3f}{once:>10.3f}{w * h / (w0 * h0):>10.2f}{step_s / s0:>10.2f}")
+    print(f"bench_infer: seconds per denoising step of preset {args.preset}; 'once s' = encode, decode and the "
+          f"rest of one image; ratios against {w0}x{h0}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=["sd21-base", "tiny"], default="sd21-base",
@@ -76,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--tile-overlap", type=int, default=128)
     p.add_argument("--repeats", type=int, default=1, help="timed runs per configuration (median)")
+    p.add_argument("--per-step", action="store_true",
+                   help="seconds per denoising step against image size (ddim-1 vs ddim-1+K, untiled, fp32)")
+    p.add_argument("--per-step-extra", type=int, default=4, metavar="K", help="extra steps of --per-step")
     args = p.parse_args(argv)
+    if args.per_step:
+        return per_step(args)
 
     import torch
 

@@ -84,6 +84,10 @@ def test_blurry_predictions_match_independent_values(manifest, tmp_path, extra):
                                                              abs=1e-6)
         assert float(got[r["key"]]["ssim"]) == pytest.approx(structural_similarity(sharp, blurry, **kw), abs=1e-6)
         assert 15 < float(got[r["key"]]["psnr"]) < 60 and float(got[r["key"]]["ssim"]) < 1
+        # the blurry-input baseline, same colour space and crop: here the predictions are the inputs
+        assert float(got[r["key"]]["psnr_input"]) == pytest.approx(
+            peak_signal_noise_ratio(sharp, blurry, data_range=1.0), abs=1e-6)
+        assert float(got[r["key"]]["ssim_input"]) == pytest.approx(structural_similarity(sharp, blurry, **kw), abs=1e-6)
 
 
 def test_missing_predictions_are_counted_not_dropped(manifest, tmp_path, capsys):

@@ -295,11 +295,11 @@ def test_bf16_training_targets_are_the_fp32_forward_process():
     blurry, sharp = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(StopIteration):
         model.training_losses(blurry, sharp, generator=torch.Generator().manual_seed(4))
-    gen = torch.Generator().manual_seed(4)
-    t = torch.randint(0, 1000, (2,), generator=gen)
-    noise = torch.randn(2, 4, 16, 16, generator=gen)
     with torch.no_grad():
         z0 = model.encode(sharp)
+    gen = torch.Generator().manual_seed(4)
+    t = torch.randint(0, 1000, (2,), generator=gen)
+    noise = torch.randn(z0.shape, generator=gen)
     abar = model.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     assert captured["z_t"].dtype == torch.float32 and torch.equal(captured["t"], t)
     torch.testing.assert_close(captured["z_t"], abar.sqrt() * z0 + (1 - abar).sqrt() * noise, rtol=0, atol=1e-6)

@@ -47,3 +47,14 @@ def test_deblurdiff_demo_end_to_end(tmp_path, capsys):
     assert all(float(r["psnr"]) == pytest.approx(float(r["psnr_input"]), abs=1.5) for r in msgd)
     # every source blurforge makes is in the manifest the models trained on
     assert set(m.table.column("source").to_pylist()) == {"uniform", "nonuniform", "frames"}
+
+
+def test_results_sheet_rows_are_evenly_spaced_by_key():
+    """The sheet's rows follow one rule whatever the scores: first, last and evenly between."""
+    from deblurdiff.demo import spread
+
+    items = [f"k{i:02d}" for i in range(71)]
+    # the rule, written independently: the items nearest to 12 evenly spaced positions
+    assert spread(items, 12) == [items[int(p + 0.5)] for p in [i * 70 / 11 for i in range(12)]]
+    assert spread(items[:5], 12) == items[:5]
+    assert spread(items, 1) == items[:1]

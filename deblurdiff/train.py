@@ -186,7 +186,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--variant", choices=VARIANTS, default="lkpn",
                    help="DeblurDiff conditioning variant: lkpn (the paper's model) or one of the paper's ablations")
     g.add_argument("--recipe", choices=list(RECIPES), default="paper",
-                   help="DeblurDiff: defaults of the options marked 'recipe' below (see the table at the end)")
+                   help="DeblurDiff: the values of the options marked 'recipe' below that are not given (see the "
+                        "table at the end)")
     g.add_argument("--controlnet-input", choices=CONTROLNET_INPUTS, default=None,
                    help="how the condition enters the ControlNet: embedding (diffusers' conv-SiLU-zero conv, "
                         "added to conv_in) or concat (one conv over cat(z_t, condition), the released code) "

@@ -173,7 +173,7 @@ FLOW_PRESET = "medium"
 FLOW_SCALE = 0.25  # flow computed on frames resized by this factor, then resized back
 BLEND = "nearer"  # each in-between is the nearer original frame warped to its time ("both": blend both)
 WARPS = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
-WARP = "linear"  # how the frames are sampled at the warped positions
+WARP = "nearest"  # how the frames are sampled at the warped positions ("linear": bilinear)
 FLOW = f"DIS-{FLOW_PRESET}@{FLOW_SCALE:g}/{BLEND}" + ("" if WARP == "linear" else f"/{WARP}")  # params["flow"]
 _BAND_ROWS = 64  # in-betweens are rendered in bands of rows that stay in the CPU cache
 
@@ -221,22 +221,23 @@ def inbetween_terms(k: int, blend: str = BLEND) -> list[tuple[int, float, float,
 
 
 def inbetween_sum(a_lin: np.ndarray, b_lin: np.ndarray, f01: np.ndarray, f10: np.ndarray, k: int,
-                  blend: str = BLEND, warp: str = WARP) -> np.ndarray:
+                  blend: str = BLEND, warp: str = WARP, initial: np.ndarray | None = None) -> np.ndarray:
     """Sum of the ``k`` frames interpolated between ``a`` and ``b`` at ``t = 1/(k+1) … k/(k+1)``.
 
     ``a_lin, b_lin``: ``H×W×C float32`` linear (4 channels warp fastest: ``cv2.remap`` has a
     vectorised 4-channel path); ``f01, f10``: ``pair_flows``. Each in-between frame is the
-    frame(s) warped to ``t`` (``cv2.remap``, replicated borders; ``warp``: ``"linear"``
-    bilinear or ``"nearest"`` neighbour) as ``inbetween_terms`` lists. Returns ``H×W×C float32`` (a sum, not a mean: windows only need sums, and overlapping
-    windows share it). Rendered in bands of rows, every in-between of a band before the next
-    band, so the band's flows, maps and sum stay in cache.
+    frame(s) warped to ``t`` (``cv2.remap``, replicated borders; ``warp``: ``"nearest"``
+    neighbour or ``"linear"`` bilinear) as ``inbetween_terms`` lists. Returns ``H×W×C float32``
+    (a sum, not a mean: windows only need sums, and overlapping windows share it), added to a
+    copy of ``initial`` when given. Rendered in bands of rows, every in-between of a band before
+    the next band, so the band's flows, maps and sum stay in cache.
     """
     h, w = a_lin.shape[:2]
     terms = inbetween_terms(k, blend)
     interpolation = WARPS[warp]
     frames = (a_lin, b_lin)
     grid = _grid(h, w)
-    total = np.zeros_like(a_lin)
+    total = np.zeros_like(a_lin) if initial is None else np.array(initial, dtype=a_lin.dtype)
     for y0 in range(0, h, _BAND_ROWS):
         y1 = min(h, y0 + _BAND_ROWS)
         fa, fb, g, acc = f01[y0:y1], f10[y0:y1], grid[y0:y1], total[y0:y1]
@@ -290,7 +291,7 @@ class _ClipAverager:
         self.raw: OrderedDict[int, np.ndarray] = OrderedDict()  # uint8 RGB frames
         self.lin: dict[int, np.ndarray] = {}  # H×W×4 float32 linear frames (for the in-betweens)
         self.gray: dict[int, np.ndarray] = {}
-        self.between: dict[int, np.ndarray] = {}  # j -> sum of in-betweens of (j, j+1)
+        self.between: dict[int, np.ndarray] = {}  # j -> frame j + the in-betweens of (j, j+1)
         self.summed: dict[int, np.ndarray] = {}  # frames in self.sum (references to raw frames)
         self.sum: np.ndarray | None = None  # float64 H×W×3 sum of the frames in self.summed
         self.next_centre = self.half
@@ -322,7 +323,8 @@ class _ClipAverager:
                 if i not in self.gray:
                     self.gray[i] = cv2.cvtColor(self.raw[i], cv2.COLOR_RGB2GRAY)
             f01, f10 = pair_flows(self.gray[j], self.gray[j + 1], self.flow)  # once per frame pair
-            self.between[j] = inbetween_sum(self._lin(j), self._lin(j + 1), f01, f10, self.k)
+            lin = self._lin(j)  # the pair's sum starts with frame j: a window adds fewer arrays
+            self.between[j] = inbetween_sum(lin, self._lin(j + 1), f01, f10, self.k, initial=lin)
             self.timing["interpolate_s"] += time.perf_counter() - t
         return self.between[j]
 
@@ -353,12 +355,11 @@ class _ClipAverager:
         h = n // 2
         virtual = n + (n - 1) * self.k
         if self.k and h:
-            total = self._between(c - h).copy()  # float32 RGBA: in-betweens, then the frames
+            total = self._between(c - h).copy()  # float32 RGBA: frame c-h and the in-betweens after it, ...
             t = time.perf_counter()
             for j in range(c - h + 1, c + h):
                 cv2.add(total, self._between(j), dst=total)
-            for j in range(c - h, c + h + 1):
-                cv2.add(total, self._lin(j), dst=total)
+            cv2.add(total, self._lin(c + h), dst=total)  # ... and the last frame
             mean = cv2.cvtColor(total, cv2.COLOR_RGBA2RGB)
             np.divide(mean, np.float32(virtual), out=mean)
         else:

@@ -6,14 +6,16 @@ For a centre frame ``c`` and an odd window of ``N`` original frames (``h = N // 
    the inverse camera response (``--response``: ``srgb`` = the exact sRGB EOTF, ``gamma2.2``,
    or ``linear`` = none);
 2. optionally ``K`` (``--interpolate``) frames are synthesised between each consecutive pair at
-   times ``t = k / (K+1)``: DIS optical flow (OpenCV) in both directions, the flows from time
-   ``t`` approximated from them (Jiang et al., Super SloMo, eq. 4:
-   ``F_t0 = -(1-t) t F_01 + t² F_10``, ``F_t1 = (1-t)² F_01 - t (1-t) F_10``), both frames
-   warped to ``t`` (bilinear ``cv2.remap``, replicated borders) and blended
-   ``(1-t) · warp(I_0) + t · warp(I_1)``. No network weights;
+   times ``t = k / (K+1)``: DIS optical flow (OpenCV, on quarter-size frames) in both directions,
+   the flows from time ``t`` approximated from them (Jiang et al., Super SloMo, eq. 4:
+   ``F_t0 = -(1-t) t F_01 + t² F_10``, ``F_t1 = (1-t)² F_01 - t (1-t) F_10``), and the frame
+   nearer in time warped to ``t`` (nearest-neighbour ``cv2.remap``, replicated borders; frame 0
+   at ``t = 1/2``). No network weights. The settings were chosen by their error against densely
+   sampled ground truth (see ``DIS_PRESETS`` below);
 3. the ``N + (N-1) K`` virtual frames are averaged in linear space, the response is applied
-   again, and the result is the blurry image (8-bit PNG); frame ``c`` as decoded is the sharp
-   one (8-bit PNG, bit-exact).
+   again, and the result, rounded exactly to 8-bit codes (``blur.linear_to_codes``), is the
+   blurry image (PNG); frame ``c`` as decoded is the sharp one (PNG, bit-exact). The PNGs are
+   compressed, hashed and written on threads while the next frames are decoded and averaged.
 
 Mapping to the published datasets:
 
@@ -157,13 +159,16 @@ def apply_response(x_lin: np.ndarray, response: str) -> np.ndarray:
 # The optical flow and the in-between rendering were chosen by measured error against densely
 # sampled ground truth: scripts/bench_frames.py --accuracy renders textured scenes (two pans, a
 # rotation with zoom, a disc crossing a panning background, and a hard one: a fast pan with a fast
-# spinning disc, large occlusions) at 16× the frame rate and compares the 65-frame average of 5
-# frames + 4×15 in-betweens with the true dense average (PSNR of the 8-bit results). Rule: the
-# cheapest setting whose average stays within 1 sRGB code RMS of the truth (PSNR ≥ 48.1 dB) on
-# every scene where the most accurate setting does, and adds at most 0.25 code RMS to that
-# setting's error on the scene where it does not (the hard one: occlusions a two-frame flow cannot
-# resolve). DIS-medium on quarter-size frames with the nearer frame warped passes it at about a
-# third of the flow cost of half size; coarser settings do not. (README: the table.)
+# spinning disc crossing it, large occlusions) at 16× the frame rate and compares the 65-frame
+# average of 5 frames + 4×15 in-betweens with the true dense average (RMS of the 8-bit results in
+# codes). Rule: the cheapest setting whose own error — what it adds, in quadrature, to the error of
+# the most accurate setting (full-size DIS-medium, both frames blended, bilinear) — stays within
+# 0.8 code RMS on every scene: 1 code, below which an 8-bit difference is not visible, less a 20%
+# margin for footage harder than five scenes. DIS-medium on quarter-size frames with the nearer
+# frame warped by nearest neighbour passes it (0.74 on the hard scene, 51.6–56.3 dB against the
+# truth on the others) at about half the cost of half-size flow with bilinear warps; ultrafast
+# flow or nearest-neighbour warps with fast flow add 0.8–1 code, quarter-size fast/ultrafast flow
+# 1.6–2.2 codes on the hard scene. (README: the table.)
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -270,12 +275,14 @@ def _grid(h: int, w: int) -> np.ndarray:
 class _ClipAverager:
     """Streams a clip's frames and renders each planned centre once its window is decoded.
 
-    Holds only the frames (and in-between sums) a pending window still needs. The original
-    frames of a window are summed in float64 as a running sum (frames entering the window are
-    added, frames leaving it subtracted): their linear values come from a 256-entry float32 table
-    whose entries are multiples of a power of two small enough that every partial sum is exact
-    in float64 (``_exact_running_sum``), so the running sum is bit-identical to re-summing the
-    window; otherwise each window is re-summed.
+    Holds only the frames (and in-between sums) a pending window still needs. Without
+    interpolation the frames of a window are summed in float64 as a running sum (frames entering
+    the window are added, frames leaving it subtracted): their linear values come from a
+    256-entry float32 table whose entries are multiples of a power of two small enough that every
+    partial sum is exact in float64 (``_exact_running_sum``), so the running sum is bit-identical
+    to re-summing the window; otherwise each window is re-summed. With interpolation a window is
+    the float32 sum of its frame pairs' sums (frame ``j`` and the in-betweens after it, computed
+    once per pair and shared by overlapping windows) and its last frame, in a fixed order.
     """
 
     def __init__(self, cfg: dict, rel: str):
@@ -300,7 +307,8 @@ class _ClipAverager:
         self.realism: dict[int, dict | None] = {}  # centre -> realism params (None: no realism stage)
 
     def push(self, i: int, frame: np.ndarray):
-        """Add decoded frame ``i``; yields ``(key, centre, window, seed, blurry_srgb, sharp_uint8)``."""
+        """Add decoded frame ``i``; yields ``(key, centre, window, seed, blurry, sharp)``, both
+        ``H×W×3 uint8`` (the blurry image's 8-bit codes, the centre frame as decoded)."""
         self.raw[i] = frame
         while self.next_centre + self.half <= i:
             c = self.next_centre

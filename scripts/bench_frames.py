@@ -1,12 +1,14 @@
 """Benchmark ``blurforge frames`` against the raw decode rate, before/after, and the flow accuracy.
 
     python scripts/bench_frames.py --baseline /path/to/old/checkout     # before/after in one run
-    python scripts/bench_frames.py --frames 96 --fourcc MJPG --ext avi --decoders decord
+    python scripts/bench_frames.py --frames 96 --codec h264 --decoders decord
     python scripts/bench_frames.py --accuracy                            # flow settings vs ground truth
 
 Speed: a synthetic clip (scikit-image's astronaut, mirrored into a wide strip, panning 6 px/frame,
-1280×720, FFV1 .mkv by default) is written to a temp folder. For each code version (this checkout,
-and with ``--baseline DIR`` the blurforge in DIR, run in a subprocess with ``PYTHONPATH=DIR``,
+1280×720, Gaussian noise of ``--noise`` codes like camera footage, FFV1 .mkv by default; ``--codec``
+h264 / mpeg4 / mjpeg) is written to a temp folder. First each decoder alone, single-threaded and
+with its own threads (CPU and wall ms per frame). Then for each code version (this checkout, and
+with ``--baseline DIR`` the blurforge in DIR, run in a subprocess with ``PYTHONPATH=DIR``,
 alternating the versions ``--repeats`` times and keeping each one's best) and each decoder:
 
 - decode:   iterating every frame (``H×W×3 uint8`` RGB) — the limit a job can approach;
@@ -16,14 +18,20 @@ alternating the versions ``--repeats`` times and keeping each one's best) and ea
 
 ``frames/s`` is the rate at which the job consumes source frames (pairs/s × stride); ``ratio`` =
 frames/s ÷ the decode rate, both wall time in one process with OpenCV's default threads (1.0: as
-fast as decoding). ``cpu ms/pair`` is the process's CPU time (all threads) per pair: the cost per
-core that the README's core-hour estimate uses. A one-worker warm-up run precedes the timings.
+fast as decoding; the target for stride 1 is 0.8 on an idle 2-core machine — on a loaded one the
+summary line also gives the bound that the CPU times allow on 2 idle cores). ``cpu ms/pair`` is the
+process's CPU time (all threads) per pair: the cost per core that the README's core-hour estimate
+uses. A one-worker warm-up run precedes the timings.
 
 Accuracy (``--accuracy``): textured scenes — two pans, a rotation with zoom, a disc crossing a
-panning background (occlusions) — are rendered in linear light at 16× the frame rate; 5 frames
-(8-bit sRGB, as decoded) go through the flow interpolation with 15 in-betweens per pair for each
-setting, and the 65-frame average is compared with the true dense average of the 65 rendered
-frames (PSNR of the 8-bit results over the interior; 8-bit rounding alone gives about 58.9 dB).
+panning background (occlusions), and a hard one (a fast pan with a fast spinning disc crossing it)
+— are rendered in linear light at 16× the frame rate; 5 frames (8-bit sRGB, as decoded) go through
+the flow interpolation with 15 in-betweens per pair for each setting (DIS preset, flow scale,
+nearer frame or both, nearest or bilinear warps), and the 65-frame average is compared with the
+true dense average of the 65 rendered frames (PSNR of the 8-bit results over the interior; 8-bit
+rounding alone gives about 58.9 dB). A setting's "own error" is what it adds, in quadrature, to the
+most accurate setting's error (sRGB codes RMS, worst scene); the rule picks the cheapest setting
+whose own error is at most ``BUDGET_CODES``.
 """
 
 from __future__ import annotations
@@ -119,7 +127,7 @@ def decode_costs(clip_path: Path, repeats: int = 2) -> list[tuple[str, float, fl
             return sum(1 for f in container.decode(stream) if f.to_ndarray(format="rgb24") is not None)
 
     settings = [("decord, 1 thread (blurforge)", lambda: run_decord(1)), ("decord, auto threads", lambda: run_decord(0)),
-                ("PyAV, no threads", lambda: run_av("NONE")), ("PyAV, AUTO threads (blurforge)", lambda: run_av("AUTO"))]
+                ("PyAV, 1 thread (blurforge)", lambda: run_av("NONE")), ("PyAV, AUTO threads", lambda: run_av("AUTO"))]
     out = []
     for label, fn in settings:
         cpu = wall = float("inf")
@@ -258,7 +266,7 @@ REFERENCE = ("medium", 1.0, "both", "linear")  # the most accurate setting: full
 CANDIDATES = [(p, s, "nearer", w) for w in ("linear", "nearest")
               for p, s in (("medium", 0.5), ("medium", 0.25), ("fast", 0.5), ("fast", 0.25),
                            ("ultrafast", 0.5), ("ultrafast", 0.25))]
-BUDGET_CODES = 1.0  # the rule: a setting may add at most this much error (sRGB codes RMS) of its own
+BUDGET_CODES = 0.8  # the rule: a setting may add at most this much error (sRGB codes RMS) of its own
 
 
 class Scene:

@@ -363,11 +363,12 @@ class _ClipAverager:
         h = n // 2
         virtual = n + (n - 1) * self.k
         if self.k and h:
-            total = self._between(c - h).copy()  # float32 RGBA: frame c-h and the in-betweens after it, ...
+            pairs = [self._between(j) for j in range(c - h, c + h)]  # frame j and the in-betweens after it
             t = time.perf_counter()
-            for j in range(c - h + 1, c + h):
-                cv2.add(total, self._between(j), dst=total)
-            cv2.add(total, self._lin(c + h), dst=total)  # ... and the last frame
+            total = pairs[0].copy()  # float32 RGBA
+            for pair in pairs[1:]:
+                cv2.add(total, pair, dst=total)
+            cv2.add(total, self._lin(c + h), dst=total)  # and the last frame
             mean = cv2.cvtColor(total, cv2.COLOR_RGBA2RGB)
             np.divide(mean, np.float32(virtual), out=mean)
         else:

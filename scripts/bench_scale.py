@@ -229,23 +229,24 @@ def main(argv: list[str] | None = None) -> int:
                                  allow_abbrev=False)
     ap.add_argument("--baseline", metavar="DIR", help="a checkout of the code to compare against (before)")
     ap.add_argument("--quick", action="store_true",
-                    help="a smoke run: 2 photos, a 11-frame clip (2 REDS-like pairs), 8 imports, the h264 clip only")
+                    help="a smoke run: 2 photos, an 11-frame clip (2 REDS-like pairs), 8 imports, the first codec only, one pass")
     ap.add_argument("--images", type=int, default=6, help="sharp photos (one uniform and one non-uniform pair each)")
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--kernel-size", type=int, default=63)
-    ap.add_argument("--frames", type=int, default=26, help="frames of each clip (REDS-like pairs: (frames - 1) // 5)")
+    ap.add_argument("--frames", type=int, default=51,
+                    help="frames of each clip (REDS-like pairs: (frames - 1) // 5; REDS clips have 100)")
     ap.add_argument("--imports", type=int, default=24, help="pairs in the imported folder")
     ap.add_argument("--codecs", default="h264,mjpeg,ffv1",
                     help=f"clip codecs, comma-separated, from {', '.join(CODECS)}; the first one prices the mix "
                          "(h264: what cameras and phones record; ffv1: lossless, ~10x slower to decode)")
-    ap.add_argument("--repeats", type=int, default=1, help="alternating passes per version (lowest CPU kept)")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating passes per version (lowest CPU kept)")
     ap.add_argument("--scaling", action="store_true", help="also time 1 and 2 workers, local and Ray")
     ap.add_argument("--backends", default="local,ray")
     args = ap.parse_args(argv)
     codecs = args.codecs.split(",")
     if args.quick:
-        args.images, args.frames, args.imports, codecs = 2, 11, 8, codecs[:1]
+        args.images, args.frames, args.imports, args.repeats, codecs = 2, 11, 8, 1, codecs[:1]
     unknown = [c for c in codecs if c not in CODECS]
     if unknown:
         ap.error(f"--codecs: unknown {', '.join(unknown)} — choose from {', '.join(CODECS)}")

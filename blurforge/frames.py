@@ -654,6 +654,8 @@ def run_frames(
     }
     if realism:  # only when enabled, so runs without it keep their run.json
         config["realism"] = realism
+    if interpolate:  # the in-betweens' setting: a resume must not mix two renderings
+        config["flow"] = FLOW
     out.makedirs()
     check_run_config(out.uri, config)
     tasks = make_tasks(items, shard_size, out.uri, config)

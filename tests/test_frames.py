@@ -357,6 +357,20 @@ def test_resume_after_partial_run_matches_a_full_run(tmp_path):
         run_frames(d, out, **{**kw, "window": 5})
 
 
+def test_a_run_made_with_another_flow_setting_is_not_resumed(tmp_path):
+    make_clip(tmp_path / "v" / "pan.mkv", v=2, n=8)
+    kw = dict(seed=0, window=3, interpolate=1, progress=False)
+    run_frames(tmp_path / "v", tmp_path / "out", **kw)
+    run_json = tmp_path / "out" / "run.json"
+    config = json.loads(run_json.read_text())
+    assert config["flow"] == "DIS-medium@0.25/nearer/nearest"
+    run_json.write_text(json.dumps({**config, "flow": "DIS-medium@0.5/nearer"}))  # as an older blurforge wrote it
+    with pytest.raises(ValueError, match=r"other settings \(flow\)"):
+        run_frames(tmp_path / "v", tmp_path / "out", **kw)
+    run_frames(tmp_path / "v", tmp_path / "plain", seed=0, window=3, progress=False)
+    assert "flow" not in json.loads((tmp_path / "plain" / "run.json").read_text())  # no in-betweens, no setting
+
+
 def test_out_inside_videos_is_refused(tmp_path):
     make_clip(tmp_path / "v" / "pan.mkv", v=1, n=8)
     with pytest.raises(ValueError, match=r"--out .*frames is inside --videos .*v: .*choose an --out outside it"):

@@ -458,3 +458,22 @@ def test_demo_runs_resumes_and_names_every_errors_table(tmp_path, capsys):
                                         "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120,
                                        env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout)
     assert merged["errors"]["inputs"] == 1 and merged["errors"]["count"] == 4
+
+
+def run_into_a_closed_pipe(*argv: str) -> subprocess.CompletedProcess:
+    """Run ``python -m ARGV`` with its stdout a pipe whose reader has already gone ('... | head')."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run([sys.executable, "-m", *argv], stdout=w, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        os.close(w)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(photos_dir, small_bank, tmp_path):
+    assert synth(photos_dir, small_bank, tmp_path / "o") == 0
+    proc = run_into_a_closed_pipe("blurforge", "inspect", str(tmp_path / "o"), "--json")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    proc = run_into_a_closed_pipe("deblurdiff", "describe", "--preset", "msgd-tiny")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -299,6 +299,16 @@ def test_progress_counts_pairs_while_shards_run(photos_dir, small_bank, tmp_path
     assert by_shard == {"shard-00000": [1, 2, 3], "shard-00001": [1, 2, 3], "shard-00002": [1, 2]}
 
 
+def test_a_long_clip_shows_its_pairs_while_it_runs(tmp_path, monkeypatch):
+    rec = _Recorder(monkeypatch)
+    make_clip(tmp_path / "v" / "a.avi", frames=10)
+    assert commands.frames(videos=str(tmp_path / "v"), out=str(tmp_path / "o"), window="3", stride=1, workers=1,
+                           decoder="av") == 0
+    # one clip, 8 windows: the pair count moves pair by pair before the clip is counted done
+    assert [r[1:3] for r in rec.reports] == [(0, n) for n in range(1, 9)] + [(1, 8)]
+    assert rec.bars[0].bar.n == 1
+
+
 def test_progress_settles_shards_that_report_nothing_or_fail():
     """A Ray task reports nothing until its shard is done; a failed attempt's items are taken back."""
     from blurforge.shards import ShardTask, _Progress

@@ -57,10 +57,12 @@ drawn from ``default_rng([seed, 1])``, the noise from ``default_rng([seed, 2])``
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -469,8 +471,10 @@ def _encode_threads() -> int:
     return 2 if cv2.getNumThreads() > 1 else 1
 
 
-def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[dict], list[dict], dict]:
-    """All pairs of one clip, or an error row. Returns ``(rows, errors, timing)``."""
+def process_clip(rel: str, cfg: dict, out: Location, shard: str,
+                 on_pair: Callable[[int], None] | None = None) -> tuple[list[dict], list[dict], dict]:
+    """All pairs of one clip, or an error row. Returns ``(rows, errors, timing)``.
+    ``on_pair(n)``: called with the clip's pair count each time a pair is rendered (progress)."""
     from blurforge.synthesize import sample_key, sample_name, source_group
     from blurforge.video import VideoError, check_length, guarded_frames, open_video
 
@@ -492,7 +496,7 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[d
                 "use a smaller --window or drop the clip", stage="length")
         avg = _ClipAverager(cfg, rel)
         frames = guarded_frames(clip, cfg["frame_timeout"], cfg["clip_timeout"])
-        decoded = 0
+        decoded = rendered = 0
         size = None
         stage = "decode"
         t = time.perf_counter()
@@ -533,6 +537,9 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[d
                     "height": int(sharp.shape[0]), "seed": seed, "params": json.dumps(params, sort_keys=True),
                 }
                 rows += writer.submit(row, blurry, sharp)
+                rendered += 1
+                if on_pair is not None:
+                    on_pair(rendered)
                 stage = "render"
             stage = "decode"
             t = time.perf_counter()
@@ -564,6 +571,10 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[d
         writer.close()
 
 
+def _report_within_clip(clips_done: int, pairs_before: int, errors: int, pairs_of_clip: int) -> None:
+    report_progress(clips_done, pairs_before + pairs_of_clip, errors)
+
+
 def frames_worker(task: ShardTask) -> dict:
     """Pure shard worker: every clip of the shard → pairs (images written) or error rows."""
     out = Location(task.out)
@@ -571,7 +582,9 @@ def frames_worker(task: ShardTask) -> dict:
     errors: list[dict] = []
     timing = {"decode_s": 0.0, "average_s": 0.0, "interpolate_s": 0.0, "encode_s": 0.0}
     for done, rel in enumerate(task.items, 1):
-        r, e, t = process_clip(rel, task.config, out, task.shard)
+        # a long clip moves the bar's pair count while it runs, the clip count when it is done
+        live = functools.partial(_report_within_clip, done - 1, len(rows), len(errors))
+        r, e, t = process_clip(rel, task.config, out, task.shard, on_pair=live)
         rows += r
         errors += e
         for k in timing:

@@ -11,6 +11,7 @@ argument errors answer at once.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -235,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader of stdout left early ('deblurdiff describe ... | head'): no traceback, and later
+        # writes (the interpreter's final flush included) go nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # describe only prints, so what the reader took is all it wanted; any other command was cut short
+        return 0 if args.command == "describe" else EXIT_INCOMPLETE
     except KeyboardInterrupt:
         note = RESUME.get(args.command, "run it again with")
         print(f"deblurdiff {args.command}: interrupted — {note}:\n  {resume_command(args.command, argv)}",

@@ -19,7 +19,7 @@ import pytest
 
 from blurforge import commands
 from blurforge.cli import build_parser, main
-from conftest import photo, write_png
+from conftest import option_helps, photo, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -328,11 +328,6 @@ def test_progress_settles_shards_that_report_nothing_or_fail():
 
 
 # ------------------------------------------------------------------------------------ --help
-
-
-def option_helps(parser: argparse.ArgumentParser) -> dict[str, str]:
-    formatter = parser._get_formatter()
-    return {"/".join(a.option_strings) or a.dest: formatter._expand_help(a) for a in parser._actions if a.help}
 
 
 def test_help_shows_each_default_once_and_only_when_it_means_something():

@@ -18,11 +18,12 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import photo, write_png
+from conftest import option_helps, photo, write_png
 from deblurdiff import cli
 from deblurdiff.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("torch_one_thread", "fresh_accelerate_state")
 TINY = ["--preset", "tiny", "--resolution", "32", "--batch-size", "2", "--log-every", "1", "--num-workers", "0",
         "--checkpoint-every", "0", "--quiet"]
 FAST = ["--sampler", "ddim", "--steps", "1", "--device", "cpu"]
@@ -30,25 +31,6 @@ FAST = ["--sampler", "ddim", "--steps", "1", "--device", "cpu"]
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
     return dict(build_parser()._subparsers._group_actions[0].choices)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +45,6 @@ def infer(ckpt, *argv) -> int:
 
 
 # ------------------------------------------------------------------------------------ --help
-
-
-def option_helps(parser: argparse.ArgumentParser) -> dict[str, str]:
-    formatter = parser._get_formatter()
-    return {"/".join(a.option_strings) or a.dest: formatter._expand_help(a) for a in parser._actions if a.help}
 
 
 def test_help_shows_each_default_once_and_only_when_it_means_something():

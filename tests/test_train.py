@@ -20,28 +20,9 @@ from deblurdiff.model import DeblurDiff
 from deblurdiff.train import add_train_arguments, main_for_tests, train
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("torch_one_thread", "fresh_accelerate_state")
 BASE = ["--preset", "tiny", "--resolution", "32", "--batch-size", "2", "--log-every", "1", "--val-every", "0",
         "--num-workers", "0", "--quiet"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and on a shared 2-core machine
-    OpenMP's spinning threads can slow a step down many times over."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each run in this process builds its own Accelerator (mixed precision differs between tests)."""
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
 
 
 def parse(*argv) -> argparse.Namespace:

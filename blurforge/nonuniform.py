@@ -241,13 +241,22 @@ def composite_layers(
         if not mask.any():
             continue  # an object that covers nothing changes nothing
         box = _bbox(mask, _reach(kernel) + 1)
-        m = mask[box].astype(_F32)[..., None]
-        layer = planes(sharp[box] if content is None else content[box]) * m
-        blurred = convolve(np.concatenate([layer, m], axis=2), kernel)  # K ⊛ (m·S_i), then K ⊛ m
-        coverage = np.clip(blurred[..., -1:], 0.0, 1.0)
+        m = mask[box].astype(_F32)
+        colour = planes(sharp[box] if content is None else content[box])
+        n = colour.shape[2]
+        # (m·S_i, m) as one H×W×(n+1) array; channel by channel throughout: numpy's broadcasting
+        # of an H×W×1 factor over a last axis of 3 runs ~3× slower than these strided 2-D loops
+        stack = np.empty((*m.shape, n + 1), _F32)
+        for c in range(n):
+            np.multiply(colour[..., c], m, out=stack[..., c])
+        stack[..., n] = m
+        blurred = convolve(stack, kernel)  # K ⊛ (m·S_i), then K ⊛ m
+        keep = 1.0 - np.clip(blurred[..., n], 0.0, 1.0)  # 1 − coverage
         region = out[box]
-        region *= 1.0 - coverage
-        region += blurred[..., :-1]
+        for c in range(n):
+            channel = region[..., c]
+            channel *= keep
+            channel += blurred[..., c]
     if saturation_a is None:
         return out
     blurry = out[..., :3]

@@ -129,6 +129,103 @@ def _linear_to_srgb_block(x: np.ndarray, out: np.ndarray) -> None:
     out[low] = low_values
 
 
+# ---------------------------------------------------------------------------------------------
+# Linear light straight to 8-bit codes, exactly
+# ---------------------------------------------------------------------------------------------
+
+CODE_CURVES = ("srgb", "gamma2.2", "linear")
+
+# A float32's bits shifted right by this index cells of 2^-8 relative width (exponent + 8
+# mantissa bits): narrower than the gap between any two neighbouring code thresholds of the
+# curves above (≥ 0.39% near code 255 for "linear", 0.87% for gamma 2.2 and sRGB), so a cell
+# holds at most one threshold (checked when a table is built).
+_CELL_SHIFT = 15
+
+
+def linear_to_codes(x_lin: np.ndarray, curve: str = "srgb") -> np.ndarray:
+    """Linear light → 8-bit codes ``round(255 · curve(clip(x, 0, 1)))``, exactly, as ``uint8``.
+
+    ``curve``: ``"srgb"`` (the OETF of ``linear_to_srgb``), ``"gamma2.2"`` (``x^(1/2.2)``) or
+    ``"linear"``. ``x_lin``: float32 (other dtypes are converted to float32 first), any shape.
+
+    The code of ``x`` is the number of thresholds ``T_k = curve⁻¹((k - ½) / 255)``, k = 1…255,
+    that ``x`` reaches (round half up of the exact real value). The thresholds are computed once
+    in 60-digit decimal arithmetic and rounded up to float32, so the result is the exact one for
+    every float32 input, identical on every machine. It is found through a table over the float's
+    bits (``_code_table``): about 3× faster than ``linear_to_srgb`` + ``quantise``, whose float32
+    power differs from the exact code by one in ~1e-5 of the values.
+    NaN gives an unspecified code.
+    """
+    x = np.ascontiguousarray(x_lin, dtype=_F32)
+    low, threshold = _code_table(curve)
+    out = np.empty(x.shape, np.uint8)
+    _map_row_blocks(functools.partial(_codes_block, low=low, threshold=threshold), x, out)
+    return out
+
+
+def _codes_block(x: np.ndarray, out: np.ndarray, low: np.ndarray, threshold: np.ndarray) -> None:
+    cell = np.right_shift(x.view(np.uint32), _CELL_SHIFT, dtype=np.intp)  # (indexing is fastest with intp)
+    codes = low[cell]
+    codes += threshold[cell] <= x  # the one threshold of the cell, if x reaches it
+    out[...] = codes
+
+
+@functools.lru_cache(maxsize=None)
+def _code_table(curve: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, threshold)`` per cell of float32 bit patterns (``bits >> _CELL_SHIFT``):
+    ``low`` (uint8) the code of the cell's smallest value, ``threshold`` (float32) the next
+    code's threshold when it lies inside the cell, else NaN (no value reaches it). Negative
+    values: code 0; above 1, +inf: 255."""
+    thresholds = _code_thresholds(curve)
+    n = 1 << (32 - _CELL_SHIFT)
+    bits = np.arange(n, dtype=np.uint64) << np.uint64(_CELL_SHIFT)
+    first = bits.astype(np.uint32).view(_F32)
+    last = (bits + np.uint64((1 << _CELL_SHIFT) - 1)).astype(np.uint32).view(_F32)
+    with np.errstate(invalid="ignore"):
+        low = np.searchsorted(thresholds, first, side="right")
+        high = np.searchsorted(thresholds, last, side="right")
+    negative = bits >= np.uint64(1 << 31)
+    above = ~negative & (bits >= np.uint64(0x7F800000))  # +inf and NaN patterns
+    low[negative], high[negative] = 0, 0
+    low[above], high[above] = 255, 255
+    if np.any(high - low > 1):
+        raise AssertionError(f"{curve}: two code thresholds in one table cell — lower _CELL_SHIFT")
+    threshold = np.full(n, np.nan, dtype=_F32)
+    inside = high > low
+    threshold[inside] = thresholds[low[inside]]
+    return low.astype(np.uint8), threshold
+
+
+def _code_thresholds(curve: str) -> np.ndarray:
+    """``(255,) float32``: the smallest float32 ``x`` with ``curve(x) ≥ (k - ½) / 255``, k = 1…255."""
+    from decimal import Decimal, localcontext
+
+    if curve not in CODE_CURVES:
+        raise ValueError(f"curve must be one of {', '.join(CODE_CURVES)}, got {curve!r}")
+    out = np.empty(255, dtype=_F32)
+    with localcontext() as ctx:
+        ctx.prec = 60
+
+        def inverse(c: Decimal) -> Decimal:  # the decoding curve: code value → linear
+            if curve == "linear":
+                return c
+            if curve == "gamma2.2":
+                return c ** Decimal("2.2")
+            if c <= Decimal("0.04045"):
+                return c / Decimal("12.92")
+            return ((c + Decimal("0.055")) / Decimal("1.055")) ** Decimal("2.4")
+
+        for k in range(1, 256):
+            t = inverse(Decimal(2 * k - 1) / Decimal(510))
+            v = np.float32(float(t))  # nearest, then step to the smallest float32 >= t
+            while Decimal(float(v)) < t:
+                v = np.nextafter(v, _F32(np.inf), dtype=_F32)
+            while Decimal(float(below := np.nextafter(v, _F32(-np.inf), dtype=_F32))) >= t:
+                v = below
+            out[k - 1] = v
+    return out
+
+
 def _n_threads(n_items: int) -> int:
     """Threads for ``n_items`` independent pieces: OpenCV's budget (``cv2.setNumThreads``)."""
     return max(1, min(n_items, cv2.getNumThreads()))

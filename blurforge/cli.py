@@ -8,11 +8,12 @@ imports happen inside each command so ``blurforge --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
-from blurforge.commands import (EXIT_INTERRUPTED, EXIT_RULE, EXIT_USAGE, SAM2_CONFIG, UserError, build_manifest,
-                                frames, inspect, kernels, synthesize, usable_cpus)
+from blurforge.commands import (EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_RULE, EXIT_USAGE, SAM2_CONFIG, UserError,
+                                build_manifest, frames, inspect, kernels, synthesize, usable_cpus)
 
 EPILOG = f"""\
 a first dataset (each command's --help has more examples):
@@ -332,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         options["rerun"] = command_line
     try:
         return int(args.func(**options) or 0)
+    except BrokenPipeError:
+        # the reader of stdout left early ('blurforge inspect ... | head'): no traceback, and later
+        # writes (the interpreter's final flush included) go nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # inspect only prints, so what the reader took is all it wanted; any other command was cut short
+        return 0 if args.command == "inspect" else EXIT_INCOMPLETE
     except KeyboardInterrupt:
         kept = "finished work is kept; resume with" if args.command in RESUMABLE else "nothing half-written is kept; " \
                "run it again with"

@@ -6,14 +6,16 @@ For a centre frame ``c`` and an odd window of ``N`` original frames (``h = N // 
    the inverse camera response (``--response``: ``srgb`` = the exact sRGB EOTF, ``gamma2.2``,
    or ``linear`` = none);
 2. optionally ``K`` (``--interpolate``) frames are synthesised between each consecutive pair at
-   times ``t = k / (K+1)``: DIS optical flow (OpenCV) in both directions, the flows from time
-   ``t`` approximated from them (Jiang et al., Super SloMo, eq. 4:
-   ``F_t0 = -(1-t) t F_01 + t² F_10``, ``F_t1 = (1-t)² F_01 - t (1-t) F_10``), both frames
-   warped to ``t`` (bilinear ``cv2.remap``, replicated borders) and blended
-   ``(1-t) · warp(I_0) + t · warp(I_1)``. No network weights;
+   times ``t = k / (K+1)``: DIS optical flow (OpenCV, on quarter-size frames) in both directions,
+   the flows from time ``t`` approximated from them (Jiang et al., Super SloMo, eq. 4:
+   ``F_t0 = -(1-t) t F_01 + t² F_10``, ``F_t1 = (1-t)² F_01 - t (1-t) F_10``), and the frame
+   nearer in time warped to ``t`` (nearest-neighbour ``cv2.remap``, replicated borders; frame 0
+   at ``t = 1/2``). No network weights. The settings were chosen by their error against densely
+   sampled ground truth (see ``DIS_PRESETS`` below);
 3. the ``N + (N-1) K`` virtual frames are averaged in linear space, the response is applied
-   again, and the result is the blurry image (8-bit PNG); frame ``c`` as decoded is the sharp
-   one (8-bit PNG, bit-exact).
+   again, and the result, rounded exactly to 8-bit codes (``blur.linear_to_codes``), is the
+   blurry image (PNG); frame ``c`` as decoded is the sharp one (PNG, bit-exact). The PNGs are
+   compressed, hashed and written on threads while the next frames are decoded and averaged.
 
 Mapping to the published datasets:
 
@@ -55,10 +57,12 @@ drawn from ``default_rng([seed, 1])``, the noise from ``default_rng([seed, 2])``
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -129,6 +133,16 @@ def inverse_response_lut(response: str) -> np.ndarray:
     raise ValueError(f"--response {response!r}: choose one of {', '.join(RESPONSES)}")
 
 
+def response_codes(x_lin: np.ndarray, response: str) -> np.ndarray:
+    """Linear signal → 8-bit codes of the encoded values (``H×W×C uint8``): exactly
+    ``round(255 · apply_response(x))`` computed in exact arithmetic (``blur.linear_to_codes``)."""
+    from blurforge.blur import linear_to_codes
+
+    if response not in RESPONSES:
+        raise ValueError(f"--response {response!r}: choose one of {', '.join(RESPONSES)}")
+    return linear_to_codes(x_lin, response)
+
+
 def apply_response(x_lin: np.ndarray, response: str) -> np.ndarray:
     """Linear signal → encoded values in [0, 1] (clipped), float32."""
     from blurforge.blur import linear_to_srgb
@@ -147,22 +161,28 @@ def apply_response(x_lin: np.ndarray, response: str) -> np.ndarray:
 
 # The optical flow and the in-between rendering were chosen by measured error against densely
 # sampled ground truth: scripts/bench_frames.py --accuracy renders textured scenes (two pans, a
-# rotation with zoom, an object crossing a moving background) at 16× the frame rate and compares
-# the 65-frame average of 5 frames + 4×15 in-betweens with the true dense average (PSNR of the
-# 8-bit results). Rule: the cheapest setting within 1 dB of the previous one (DIS-medium at full
-# resolution, both frames blended) on every scene. DIS-medium on half-size frames with the nearer
-# frame warped lost at most 0.7 dB (54.2 → 53.7 dB on the occlusion scene, 58.3–59.8 dB on the
-# others, where 8-bit rounding alone gives 58.9 dB) at about a third of the cost; blending both
-# frames costs twice the warps for ≤ 0.5 dB more; DIS-fast lost up to 1.6 dB. (README: the table.)
+# rotation with zoom, a disc crossing a panning background, and a hard one: a fast pan with a fast
+# spinning disc crossing it, large occlusions) at 16× the frame rate and compares the 65-frame
+# average of 5 frames + 4×15 in-betweens with the true dense average (RMS of the 8-bit results in
+# codes). Rule: the cheapest setting whose own error — what it adds, in quadrature, to the error of
+# the most accurate setting (full-size DIS-medium, both frames blended, bilinear) — stays within
+# 0.8 code RMS on every scene: 1 code, below which an 8-bit difference is not visible, less a 20%
+# margin for footage harder than five scenes. DIS-medium on quarter-size frames with the nearer
+# frame warped by nearest neighbour passes it (0.74 on the hard scene, 51.6–56.3 dB against the
+# truth on the others) at about half the cost of half-size flow with bilinear warps; ultrafast
+# flow or nearest-neighbour warps with fast flow add 0.8–1 code, quarter-size fast/ultrafast flow
+# 1.6–2.2 codes on the hard scene. (README: the table.)
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
 FLOW_PRESET = "medium"
-FLOW_SCALE = 0.5  # flow computed on frames resized by this factor, then resized back
+FLOW_SCALE = 0.25  # flow computed on frames resized by this factor, then resized back
 BLEND = "nearer"  # each in-between is the nearer original frame warped to its time ("both": blend both)
-FLOW = f"DIS-{FLOW_PRESET}@{FLOW_SCALE:g}/{BLEND}"  # what params["flow"] records
+WARPS = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+WARP = "nearest"  # how the frames are sampled at the warped positions ("linear": bilinear)
+FLOW = f"DIS-{FLOW_PRESET}@{FLOW_SCALE:g}/{BLEND}" + ("" if WARP == "linear" else f"/{WARP}")  # params["flow"]
 _BAND_ROWS = 64  # in-betweens are rendered in bands of rows that stay in the CPU cache
 
 
@@ -174,8 +194,8 @@ def pair_flows(a_gray: np.ndarray, b_gray: np.ndarray, flow, scale: float = FLOW
     """DIS flows between two ``H×W uint8`` frames, both ways, as ``H×W×2 float32`` ``(f01, f10)``
     with ``a(y, x) ≈ b(y + f01[..., 1], x + f01[..., 0])``.
 
-    With ``scale < 1`` the flow is computed on the frames resized by ``scale`` (area averaging)
-    and resized back bilinearly, each component multiplied by the size ratio of its axis."""
+    With ``scale < 1`` the flow is computed on the frames resized by ``scale`` (area averaging),
+    each component multiplied by the size ratio of its axis, and resized back bilinearly."""
     if scale == 1:
         return flow.calc(a_gray, b_gray, None), flow.calc(b_gray, a_gray, None)
     h, w = a_gray.shape
@@ -184,8 +204,8 @@ def pair_flows(a_gray: np.ndarray, b_gray: np.ndarray, flow, scale: float = FLOW
     b_small = cv2.resize(b_gray, (sw, sh), interpolation=cv2.INTER_AREA)
     flows = []
     for f in (flow.calc(a_small, b_small, None), flow.calc(b_small, a_small, None)):
-        f = cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR)
-        flows.append(cv2.multiply(f, (w / sw, h / sh, 0.0, 0.0), dst=f))  # per-channel factors
+        f = cv2.multiply(f, (w / sw, h / sh, 0.0, 0.0), dst=f)  # per-channel factors, on the small flow
+        flows.append(cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR))
     return flows[0], flows[1]
 
 
@@ -194,13 +214,13 @@ def inbetween_terms(k: int, blend: str = BLEND) -> list[tuple[int, float, float,
     ``(frame, alpha, beta, weight)`` — warp frame 0 or 1 by ``alpha·F01 + beta·F10`` (Super
     SloMo eq. 4: ``F_t0 = -(1-t) t F01 + t² F10``, ``F_t1 = (1-t)² F01 - t (1-t) F10``) and add it
     times ``weight``: ``(1-t)`` and ``t`` for ``blend="both"``; for ``"nearer"`` weight 1 on the
-    frame nearer in time (both halves at ``t = 1/2``)."""
+    frame nearer in time, frame 0 at ``t = 1/2`` (one warp per in-between)."""
     if blend not in ("both", "nearer"):
         raise ValueError(f"blend must be 'both' or 'nearer', got {blend!r}")
     terms = []
     for i in range(1, k + 1):
         t = i / (k + 1)
-        w0, w1 = (1 - t, t) if blend == "both" else ((t < 0.5) + 0.5 * (t == 0.5), (t > 0.5) + 0.5 * (t == 0.5))
+        w0, w1 = (1 - t, t) if blend == "both" else (float(t <= 0.5), float(t > 0.5))
         if w0:
             terms.append((0, -(1 - t) * t, t * t, float(w0)))
         if w1:
@@ -209,21 +229,23 @@ def inbetween_terms(k: int, blend: str = BLEND) -> list[tuple[int, float, float,
 
 
 def inbetween_sum(a_lin: np.ndarray, b_lin: np.ndarray, f01: np.ndarray, f10: np.ndarray, k: int,
-                  blend: str = BLEND) -> np.ndarray:
+                  blend: str = BLEND, warp: str = WARP, initial: np.ndarray | None = None) -> np.ndarray:
     """Sum of the ``k`` frames interpolated between ``a`` and ``b`` at ``t = 1/(k+1) … k/(k+1)``.
 
     ``a_lin, b_lin``: ``H×W×C float32`` linear (4 channels warp fastest: ``cv2.remap`` has a
     vectorised 4-channel path); ``f01, f10``: ``pair_flows``. Each in-between frame is the
-    frame(s) warped to ``t`` (bilinear ``cv2.remap``, replicated borders) as ``inbetween_terms``
-    lists. Returns ``H×W×C float32`` (a sum, not a mean: windows only need sums, and overlapping
-    windows share it). Rendered in bands of rows, every in-between of a band before the next
-    band, so the band's flows, maps and sum stay in cache.
+    frame(s) warped to ``t`` (``cv2.remap``, replicated borders; ``warp``: ``"nearest"``
+    neighbour or ``"linear"`` bilinear) as ``inbetween_terms`` lists. Returns ``H×W×C float32``
+    (a sum, not a mean: windows only need sums, and overlapping windows share it), added to a
+    copy of ``initial`` when given. Rendered in bands of rows, every in-between of a band before
+    the next band, so the band's flows, maps and sum stay in cache.
     """
     h, w = a_lin.shape[:2]
     terms = inbetween_terms(k, blend)
+    interpolation = WARPS[warp]
     frames = (a_lin, b_lin)
     grid = _grid(h, w)
-    total = np.zeros_like(a_lin)
+    total = np.zeros_like(a_lin) if initial is None else np.array(initial, dtype=a_lin.dtype)
     for y0 in range(0, h, _BAND_ROWS):
         y1 = min(h, y0 + _BAND_ROWS)
         fa, fb, g, acc = f01[y0:y1], f10[y0:y1], grid[y0:y1], total[y0:y1]
@@ -231,7 +253,7 @@ def inbetween_sum(a_lin: np.ndarray, b_lin: np.ndarray, f01: np.ndarray, f10: np
         for frame, alpha, beta, weight in terms:
             cv2.addWeighted(fa, alpha, fb, beta, 0.0, dst=where)
             cv2.add(where, g, dst=where)
-            warped = cv2.remap(frames[frame], where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            warped = cv2.remap(frames[frame], where, None, interpolation, borderMode=cv2.BORDER_REPLICATE)
             if weight == 1.0:
                 cv2.add(acc, warped, dst=acc)
             else:
@@ -256,12 +278,14 @@ def _grid(h: int, w: int) -> np.ndarray:
 class _ClipAverager:
     """Streams a clip's frames and renders each planned centre once its window is decoded.
 
-    Holds only the frames (and in-between sums) a pending window still needs. The original
-    frames of a window are summed in float64 as a running sum (frames entering the window are
-    added, frames leaving it subtracted): their linear values come from a 256-entry float32 table
-    whose entries are multiples of a power of two small enough that every partial sum is exact
-    in float64 (``_exact_running_sum``), so the running sum is bit-identical to re-summing the
-    window; otherwise each window is re-summed.
+    Holds only the frames (and in-between sums) a pending window still needs. Without
+    interpolation the frames of a window are summed in float64 as a running sum (frames entering
+    the window are added, frames leaving it subtracted): their linear values come from a
+    256-entry float32 table whose entries are multiples of a power of two small enough that every
+    partial sum is exact in float64 (``_exact_running_sum``), so the running sum is bit-identical
+    to re-summing the window; otherwise each window is re-summed. With interpolation a window is
+    the float32 sum of its frame pairs' sums (frame ``j`` and the in-betweens after it, computed
+    once per pair and shared by overlapping windows) and its last frame, in a fixed order.
     """
 
     def __init__(self, cfg: dict, rel: str):
@@ -277,7 +301,7 @@ class _ClipAverager:
         self.raw: OrderedDict[int, np.ndarray] = OrderedDict()  # uint8 RGB frames
         self.lin: dict[int, np.ndarray] = {}  # H×W×4 float32 linear frames (for the in-betweens)
         self.gray: dict[int, np.ndarray] = {}
-        self.between: dict[int, np.ndarray] = {}  # j -> sum of in-betweens of (j, j+1)
+        self.between: dict[int, np.ndarray] = {}  # j -> frame j + the in-betweens of (j, j+1)
         self.summed: dict[int, np.ndarray] = {}  # frames in self.sum (references to raw frames)
         self.sum: np.ndarray | None = None  # float64 H×W×3 sum of the frames in self.summed
         self.next_centre = self.half
@@ -286,7 +310,8 @@ class _ClipAverager:
         self.realism: dict[int, dict | None] = {}  # centre -> realism params (None: no realism stage)
 
     def push(self, i: int, frame: np.ndarray):
-        """Add decoded frame ``i``; yields ``(key, centre, window, seed, blurry_srgb, sharp_uint8)``."""
+        """Add decoded frame ``i``; yields ``(key, centre, window, seed, blurry, sharp)``, both
+        ``H×W×3 uint8`` (the blurry image's 8-bit codes, the centre frame as decoded)."""
         self.raw[i] = frame
         while self.next_centre + self.half <= i:
             c = self.next_centre
@@ -309,7 +334,8 @@ class _ClipAverager:
                 if i not in self.gray:
                     self.gray[i] = cv2.cvtColor(self.raw[i], cv2.COLOR_RGB2GRAY)
             f01, f10 = pair_flows(self.gray[j], self.gray[j + 1], self.flow)  # once per frame pair
-            self.between[j] = inbetween_sum(self._lin(j), self._lin(j + 1), f01, f10, self.k)
+            lin = self._lin(j)  # the pair's sum starts with frame j: a window adds fewer arrays
+            self.between[j] = inbetween_sum(lin, self._lin(j + 1), f01, f10, self.k, initial=lin)
             self.timing["interpolate_s"] += time.perf_counter() - t
         return self.between[j]
 
@@ -338,24 +364,27 @@ class _ClipAverager:
         key, seed = sample_key_seed(self.cfg, self.rel, c)
         n = window_for(seed, self.window)
         h = n // 2
-        t = time.perf_counter()
-        acc = self._window_sum(c - self.half, c + self.half)  # may be the running sum itself: never modify it
-        if h < self.half:  # a shorter window drawn from a range: leave the outer frames out
-            acc = acc.copy()
-            for j in (*range(c - self.half, c - h), *range(c + h + 1, c + self.half + 1)):
-                acc -= cv2.LUT(self.raw[j], self.lut64)
-        if self.k and h:
-            self.timing["average_s"] += time.perf_counter() - t
-            between = self._between(c - h).copy()
-            for j in range(c - h + 1, c + h):
-                cv2.add(between, self._between(j), dst=between)
-            t = time.perf_counter()
-            acc = acc + between[..., :3]
         virtual = n + (n - 1) * self.k
-        mean = np.divide(acc, virtual, out=np.empty(acc.shape, np.float32), casting="unsafe")
+        if self.k and h:
+            pairs = [self._between(j) for j in range(c - h, c + h)]  # frame j and the in-betweens after it
+            t = time.perf_counter()
+            total = pairs[0].copy()  # float32 RGBA
+            for pair in pairs[1:]:
+                cv2.add(total, pair, dst=total)
+            cv2.add(total, self._lin(c + h), dst=total)  # and the last frame
+            mean = cv2.cvtColor(total, cv2.COLOR_RGBA2RGB)
+            np.divide(mean, np.float32(virtual), out=mean)
+        else:
+            t = time.perf_counter()
+            acc = self._window_sum(c - self.half, c + self.half)  # may be the running sum itself: never modify it
+            if h < self.half:  # a shorter window drawn from a range: leave the outer frames out
+                acc = acc.copy()
+                for j in (*range(c - self.half, c - h), *range(c + h + 1, c + self.half + 1)):
+                    acc -= cv2.LUT(self.raw[j], self.lut64)
+            mean = np.divide(acc, virtual, out=np.empty(acc.shape, np.float32), casting="unsafe")
         window = [self.raw[j] for j in range(c - h, c + h + 1)]
         mean, self.realism[c] = frames_realism(mean, window, self.cfg.get("realism"), seed)  # noise, saturation
-        blurry = apply_response(mean, self.cfg["response"])
+        blurry = response_codes(mean, self.cfg["response"])
         self.timing["average_s"] += time.perf_counter() - t
         return key, c, n, seed, blurry, self.raw[c]
 
@@ -379,9 +408,73 @@ def _exact_running_sum(lut: np.ndarray, n: int) -> bool:
     return n * float(lut.max()) / q < 2.0**53
 
 
-def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[dict], list[dict], dict]:
-    """All pairs of one clip, or an error row. Returns ``(rows, errors, timing)``."""
-    from blurforge.imageio import encode_image, sha256_bytes
+class _PairWriter:
+    """Encodes (PNG), hashes and writes a clip's pairs on worker threads while the caller goes on
+    decoding and averaging: the PNG compressor (``imageio``), SHA-256 and file writes release the
+    GIL. Rows come back in submission order; at most ``2 × threads`` pairs are in flight."""
+
+    def __init__(self, out: Location, png_level: int, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.out, self.png_level = out, png_level
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="frames-encode")
+        self.depth = 2 * threads
+        self.pending: list = []  # (future, row) in submission order
+        self.paths: list[str] = []  # every file submitted (for clean-up on failure)
+        self.seconds = 0.0
+
+    def submit(self, row: dict, blurry: np.ndarray, sharp: np.ndarray) -> list[dict]:
+        """Queue one pair (``row`` without its hashes); returns the rows finished meanwhile."""
+        self.paths += [row["blur_path"], row["sharp_path"]]
+        self.pending.append((self.pool.submit(self._write, row, blurry, sharp), row))
+        done = []
+        while len(self.pending) > self.depth:
+            done.append(self._finish())
+        return done
+
+    def drain(self) -> list[dict]:
+        """Wait for every queued pair; returns their rows."""
+        return [self._finish() for _ in range(len(self.pending))]
+
+    def close(self) -> None:
+        """Stop: queued pairs not started are dropped, running ones finish."""
+        for future, _ in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+
+    def _finish(self) -> dict:
+        future, row = self.pending.pop(0)
+        row["blur_sha256"], row["sharp_sha256"], seconds = future.result()
+        self.seconds += seconds
+        return row
+
+    def _write(self, row: dict, blurry: np.ndarray, sharp: np.ndarray) -> tuple[str, str, float]:
+        from blurforge.imageio import encode_image, sha256_bytes
+
+        t = time.perf_counter()
+        stage = "encode"
+        try:
+            blur_bytes = encode_image(blurry, bit_depth=8, png_level=self.png_level)
+            sharp_bytes = encode_image(sharp, bit_depth=8, png_level=self.png_level)  # the frame, bit-exact
+            stage = "write"
+            self.out.write_bytes(row["blur_path"], blur_bytes)
+            self.out.write_bytes(row["sharp_path"], sharp_bytes)
+        except Exception as exc:
+            exc.stage = stage  # where process_clip records it
+            raise
+        return sha256_bytes(blur_bytes), sha256_bytes(sharp_bytes), time.perf_counter() - t
+
+
+def _encode_threads() -> int:
+    """Threads that write pairs: two when OpenCV may use several cores (one process), one in a
+    pool worker (``cv2.setNumThreads(1)``: the pool is the parallelism)."""
+    return 2 if cv2.getNumThreads() > 1 else 1
+
+
+def process_clip(rel: str, cfg: dict, out: Location, shard: str,
+                 on_pair: Callable[[int], None] | None = None) -> tuple[list[dict], list[dict], dict]:
+    """All pairs of one clip, or an error row. Returns ``(rows, errors, timing)``.
+    ``on_pair(n)``: called with the clip's pair count each time a pair is rendered (progress)."""
     from blurforge.synthesize import sample_key, sample_name, source_group
     from blurforge.video import VideoError, check_length, guarded_frames, open_video
 
@@ -389,10 +482,10 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[d
     png_level = cfg.get("png", {}).get("level", DEFAULT_PNG_LEVEL)
     key_base = sample_key(cfg["key_prefix"], cfg["seed"], rel)  # the clip's keys without the centre
     rows: list[dict] = []
-    written: list[str] = []
     timing = {"decode_s": 0.0, "average_s": 0.0, "interpolate_s": 0.0, "encode_s": 0.0}
     stage = "open"
     frames = None
+    writer = _PairWriter(out, png_level, _encode_threads())
     try:
         group = source_group(src)
         clip = open_video(src, cfg["decoder"])
@@ -403,7 +496,7 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[d
                 "use a smaller --window or drop the clip", stage="length")
         avg = _ClipAverager(cfg, rel)
         frames = guarded_frames(clip, cfg["frame_timeout"], cfg["clip_timeout"])
-        decoded = 0
+        decoded = rendered = 0
         size = None
         stage = "decode"
         t = time.perf_counter()
@@ -418,16 +511,7 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[d
             stage = "render"
             for key, c, n, seed, blurry, sharp in avg.push(i, frame):
                 stage = "encode"
-                t = time.perf_counter()
-                blur_bytes = encode_image(blurry, bit_depth=8, png_level=png_level)
-                sharp_bytes = encode_image(sharp, bit_depth=8, png_level=png_level)  # the frame, bit-exact
                 name = sample_name(key)
-                blur_rel, sharp_rel = f"blur/{shard}/{name}.png", f"sharp/{shard}/{name}.png"
-                stage = "write"
-                for r, data in ((blur_rel, blur_bytes), (sharp_rel, sharp_bytes)):
-                    out.write_bytes(r, data)
-                    written.append(r)
-                timing["encode_s"] += time.perf_counter() - t
                 h = n // 2
                 params = {
                     "video": rel,
@@ -447,15 +531,20 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[d
                 realism = avg.realism.pop(c, None)
                 if realism is not None:
                     params["realism"] = realism
-                rows.append({
-                    "key": key, "blur_path": blur_rel, "sharp_path": sharp_rel, "split": "train",
-                    "group": group, "source": "frames", "width": int(sharp.shape[1]), "height": int(sharp.shape[0]),
-                    "seed": seed, "params": json.dumps(params, sort_keys=True),
-                    "blur_sha256": sha256_bytes(blur_bytes), "sharp_sha256": sha256_bytes(sharp_bytes),
-                })
+                row = {
+                    "key": key, "blur_path": f"blur/{shard}/{name}.png", "sharp_path": f"sharp/{shard}/{name}.png",
+                    "split": "train", "group": group, "source": "frames", "width": int(sharp.shape[1]),
+                    "height": int(sharp.shape[0]), "seed": seed, "params": json.dumps(params, sort_keys=True),
+                }
+                rows += writer.submit(row, blurry, sharp)
+                rendered += 1
+                if on_pair is not None:
+                    on_pair(rendered)
                 stage = "render"
             stage = "decode"
             t = time.perf_counter()
+        stage = "encode"
+        rows += writer.drain()
         stage = "length"
         check_length(clip, decoded)
         if decoded < need:
@@ -467,15 +556,23 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str) -> tuple[list[d
             r["params"] = json.dumps(p, sort_keys=True)
         timing["average_s"] += avg.timing["average_s"]
         timing["interpolate_s"] += avg.timing["interpolate_s"]
+        timing["encode_s"] += writer.seconds
         return rows, [], timing
     except Exception as exc:  # noqa: BLE001 — any per-clip failure is recorded, the run goes on
         if frames is not None:
             frames.close()
-        for r in written:
+        writer.close()
+        for r in writer.paths:
             out.delete(r)
         stage = getattr(exc, "stage", stage)
         message = str(exc) if isinstance(exc, VideoError) else f"{src}: {type(exc).__name__}: {exc}"
         return [], [{"input": str(src), "stage": stage, "error": message, "key": key_base}], timing
+    finally:
+        writer.close()
+
+
+def _report_within_clip(clips_done: int, pairs_before: int, errors: int, pairs_of_clip: int) -> None:
+    report_progress(clips_done, pairs_before + pairs_of_clip, errors)
 
 
 def frames_worker(task: ShardTask) -> dict:
@@ -485,7 +582,9 @@ def frames_worker(task: ShardTask) -> dict:
     errors: list[dict] = []
     timing = {"decode_s": 0.0, "average_s": 0.0, "interpolate_s": 0.0, "encode_s": 0.0}
     for done, rel in enumerate(task.items, 1):
-        r, e, t = process_clip(rel, task.config, out, task.shard)
+        # a long clip moves the bar's pair count while it runs, the clip count when it is done
+        live = functools.partial(_report_within_clip, done - 1, len(rows), len(errors))
+        r, e, t = process_clip(rel, task.config, out, task.shard, on_pair=live)
         rows += r
         errors += e
         for k in timing:
@@ -570,6 +669,8 @@ def run_frames(
     }
     if realism:  # only when enabled, so runs without it keep their run.json
         config["realism"] = realism
+    if interpolate:  # the in-betweens' setting: a resume must not mix two renderings
+        config["flow"] = FLOW
     out.makedirs()
     check_run_config(out.uri, config)
     tasks = make_tasks(items, shard_size, out.uri, config)

@@ -8,6 +8,7 @@ never crashes a worker and never decodes to something silently wrong.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -367,8 +368,6 @@ def quantise(image: np.ndarray, bit_depth: int) -> np.ndarray:
 
 def _png_bytes(codes: np.ndarray, level: int) -> bytes:
     """PNG file bytes (colour type 2, RGB; no interlace) of ``H×W×3`` uint8/uint16 ``codes``."""
-    import deflate
-
     h, w, c = codes.shape
     if codes.dtype == np.uint16:
         rows = np.ascontiguousarray(codes, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
@@ -380,12 +379,60 @@ def _png_bytes(codes: np.ndarray, level: int) -> bytes:
     filtered[:, 0] = 1  # filter type Sub: byte - the byte bpp to the left (mod 256), 0 before the row
     filtered[:, 1 : 1 + bpp] = rows[:, :bpp]
     np.subtract(rows[:, bpp:], rows[:, :-bpp], out=filtered[:, 1 + bpp :])
-    idat = deflate.zlib_compress(filtered, level)
+    idat = _zlib_compress(filtered, level)
     ihdr = struct.pack(">IIBBBBB", w, h, depth, 2, 0, 0, 0)
     return b"".join([_PNG_SIGNATURE, _chunk(b"IHDR", ihdr), _chunk(b"IDAT", idat), _chunk(b"IEND", b"")])
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _zlib_compress(data: np.ndarray, level: int) -> bytes:
+    """The zlib stream of the contiguous array ``data`` at libdeflate ``level``: the bytes of
+    ``deflate.zlib_compress(data, level)``, computed without holding the GIL when the library
+    can be called directly (``_libdeflate``), so PNGs can be encoded on threads."""
+    lib = _libdeflate()
+    if lib is None:
+        import deflate
+
+        return bytes(deflate.zlib_compress(data, level))
+    compressor = lib.libdeflate_alloc_compressor(level)
+    if not compressor:
+        raise MemoryError(f"libdeflate could not allocate a level-{level} compressor")
+    try:
+        bound = lib.libdeflate_zlib_compress_bound(compressor, data.nbytes)
+        out = np.empty(bound, np.uint8)
+        n = lib.libdeflate_zlib_compress(compressor, data.ctypes.data, data.nbytes, out.ctypes.data, bound)
+    finally:
+        lib.libdeflate_free_compressor(compressor)
+    if n == 0:
+        raise RuntimeError(f"libdeflate failed to compress {data.nbytes} bytes")
+    return out[:n].tobytes()
+
+
+@functools.lru_cache(maxsize=None)
+def _libdeflate():
+    """libdeflate's compressor functions in the ``deflate`` package's extension module, called
+    through ctypes (which releases the GIL for the call; the package's own wrapper keeps it), or
+    None if the module does not export them (then ``deflate.zlib_compress`` is used: same bytes)."""
+    import ctypes
+
+    import deflate
+
+    try:
+        lib = ctypes.CDLL(deflate._deflate.__file__)
+        lib.libdeflate_alloc_compressor.restype = ctypes.c_void_p
+        lib.libdeflate_alloc_compressor.argtypes = [ctypes.c_int]
+        lib.libdeflate_free_compressor.restype = None
+        lib.libdeflate_free_compressor.argtypes = [ctypes.c_void_p]
+        lib.libdeflate_zlib_compress_bound.restype = ctypes.c_size_t
+        lib.libdeflate_zlib_compress_bound.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.libdeflate_zlib_compress.restype = ctypes.c_size_t
+        lib.libdeflate_zlib_compress.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                                 ctypes.c_void_p, ctypes.c_size_t]
+    except (AttributeError, OSError):
+        return None
+    return lib
 
 
 def _chunk(kind: bytes, data: bytes | bytearray) -> bytes:

@@ -288,6 +288,7 @@ class _Progress:
         self.queue = None  # a Manager queue the pool's workers report to
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._drawn = 0.0  # when a pairs-only report last redrew the bar
 
     def report(self, message: tuple) -> None:
         with self.lock:
@@ -299,6 +300,11 @@ class _Progress:
         self.live[shard] = (items, pairs, errors)
         self.bar.update(items - before[0])
         self._postfix()
+        if items == before[0] and pairs != before[1]:  # a long item made pairs: show them (at most twice a second)
+            now = time.monotonic()
+            if now - self._drawn >= 0.5:
+                self._drawn = now
+                self.bar.refresh()
 
     def _postfix(self) -> None:
         pairs = self.pairs + sum(v[1] for v in self.live.values())

@@ -18,6 +18,9 @@ Decoders (``DECODERS``, by name):
   ``"header"``), else ``round(duration × fps)`` (Matroska: ``"duration"``). A truncated AVI
   keeps its header count and so over-reports.
 
+Both decode on one thread by default (``num_threads=1``): the frame job overlaps decoding with
+its own work and its workers fill the cores.
+
 Decoders can lie about their length or hang, so ``guarded_frames`` never trusts them: frames
 are decoded on a helper thread and handed over through a small queue, and it raises
 ``VideoError`` when no frame arrives within ``frame_timeout`` seconds, when the clip's total
@@ -143,7 +146,7 @@ class DecordClip(VideoClip):
 class AVClip(VideoClip):
     decoder = "av"
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, num_threads: int = 1):
         super().__init__(path)
         import av
 
@@ -158,7 +161,10 @@ class AVClip(VideoClip):
             self._container.close()
             raise VideoError(f"{self.path}: no video stream — pass a video file", stage="open")
         stream = self._container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # One decoding thread by default, as decord: a job's workers already fill the cores, and
+        # FFmpeg's own threads cost as much CPU per frame (scripts/bench_frames.py measures both).
+        stream.thread_type = "NONE" if num_threads == 1 else "AUTO"
+        stream.thread_count = num_threads  # 0: FFmpeg picks
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         self.fps = float(rate) if rate else 0.0
         if stream.frames and stream.frames > 0:

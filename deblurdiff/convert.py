@@ -42,9 +42,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so that 'deblurdiff convert --help' is instant
+    import torch
 
 GROUPS = ("unet", "vae", "clip", "controlnet", "kpn")
 # OpenCLIP's tokenize(""): <start_of_text> 49406, <end_of_text> 49407, zero padding to the context
@@ -58,7 +59,14 @@ LATENT_SCALE = 0.18215  # latent_scale_factor in configs/inference/cldm.yaml
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                 prediction_type="epsilon", clip_sample=False)
 FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+
+
+def torch_dtype(name: str) -> "torch.dtype":
+    """The torch dtype of a ``--dtype`` name (fp32, fp16, bf16)."""
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 # what other checkpoints look like, to say what a refused file probably is
 KNOWN_LAYOUTS = {
     "model": "a Stable Diffusion (LDM) checkpoint (model.diffusion_model.*)",
@@ -97,6 +105,8 @@ class _SafetensorsDict(Mapping):
 def read_checkpoint(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     """The state_dict in ``path`` (.pth/.pt/.ckpt/.bin via ``torch.load`` with mmap, or
     .safetensors read lazily); a ``{"state_dict": ...}`` wrapper is unwrapped."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file — pass the released model.pth (github.com/kkkls/DeblurDiff)")
@@ -401,6 +411,8 @@ def _quiet_diffusers():
 
 
 def _on_meta(cls, *args, **kwargs):
+    import torch
+
     with torch.device("meta"):
         return cls(*args, **kwargs)
 
@@ -427,6 +439,8 @@ def build_text_encoder(kwargs: dict, state: dict):
         model = _on_meta(CLIPTextModel, CLIPTextConfig(**kwargs))
     finally:
         logging.set_verbosity(level)
+    import torch
+
     if hasattr(model, "text_model"):  # transformers < 5.6 wraps the text model one level down
         state = {f"text_model.{k}": v for k, v in state.items()}
     _load(model, state, "clip", torch.float32)
@@ -437,18 +451,21 @@ def build_text_encoder(kwargs: dict, state: dict):
     return model
 
 
-@torch.no_grad()
 def empty_prompt_embedding(text_encoder) -> torch.Tensor:
     """(1, 77, width) float32: the text model's last hidden state (after its final LayerNorm) for
     :data:`EMPTY_PROMPT_IDS`."""
+    import torch
+
     ids = torch.tensor([EMPTY_PROMPT_IDS])
-    return text_encoder(input_ids=ids).last_hidden_state.float()
+    with torch.no_grad():
+        return text_encoder(input_ids=ids).last_hidden_state.float()
 
 
 def build_networks(parts: Converted, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
     """The converted networks (``unet``, ``vae``, ``controlnet``, ``lkpn``, ``text_encoder``), each
     built on the meta device and loaded strictly from ``parts`` by assignment (no copies unless
     ``dtype`` casts; the text encoder stays float32)."""
+    import torch
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
     from deblurdiff.lkpn import LKPN
@@ -523,48 +540,58 @@ def convert(path: str | os.PathLike, output: str | os.PathLike, dtype: torch.dty
 # ------------------------------------------------------------------------------------- CLI
 
 
+CONVERT_DESCRIPTION = (
+    "Convert the DeblurDiff authors' released weights (model.pth of github.com/kkkls/DeblurDiff: the whole "
+    "ControlLDM state_dict, Stable Diffusion 2.1-base and OpenCLIP included) into a self-contained checkpoint "
+    "folder that 'deblurdiff infer --checkpoint' loads, with the released architecture and preprocessing "
+    "recorded in it. About a minute for the 7 GB file, read memory-mapped; nothing is downloaded. Other "
+    "files are refused with the key groups that are missing or unexpected."
+)
 CONVERT_EPILOG = """\
-what is written (OUTPUT/): deblurdiff.json (the released settings: one-conv ControlNet input over
-cat(z_t, z_lq, z_s), blurry image VAE-encoded from [0, 1], posterior sampling, linspace timesteps),
-controlnet/, lkpn/, unet/, vae/, scheduler/, empty_text_emb.safetensors and text_encoder/
-(diffusers / transformers formats). Nothing is downloaded; the file is read memory-mapped.
-
 examples:
   deblurdiff convert --checkpoint model.pth --output deblurdiff-released/
   deblurdiff convert --checkpoint model.pth --output deblurdiff-released-fp16/ --dtype fp16 --no-text-encoder
-  deblurdiff infer --checkpoint deblurdiff-released/ --input blurry/ --output deblurred/
-  deblurdiff infer --checkpoint model.pth --input blurry.png --output deblurred/   # converts in memory
+then: deblurdiff infer --checkpoint deblurdiff-released/ --input blurry/ --output deblurred/
+
+what is written (OUTPUT/): deblurdiff.json (the released settings: one-conv ControlNet input over
+cat(z_t, z_lq, z_s), blurry image VAE-encoded from [0, 1], posterior sampling, linspace timesteps),
+controlnet/, lkpn/, unet/, vae/, scheduler/, empty_text_emb.safetensors and text_encoder/
+(diffusers / transformers formats).
 """
 
 
 def add_convert_arguments(parser) -> None:
-    parser.epilog = CONVERT_EPILOG
     parser.add_argument("--checkpoint", required=True, metavar="FILE",
                         help="the released model.pth of github.com/kkkls/DeblurDiff (or a .safetensors of the same "
                              "state_dict)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="checkpoint folder to write (replaced atomically if it exists)")
-    parser.add_argument("--dtype", choices=["keep", *DTYPES], default="keep",
+    parser.add_argument("--dtype", choices=["keep", *DTYPE_NAMES], default="keep",
                         help="precision of the written weights (keep = as in the file)")
     parser.add_argument("--no-text-encoder", action="store_true",
                         help="do not write text_encoder/ (the model only needs the empty-prompt embedding, "
                              "which is always written)")
-    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
 
 
 def run_convert(args) -> int:
+    """The ``convert`` command: 0 when the folder is written; a file that is not the released
+    checkpoint raises ``ReleasedCheckpointError`` (a ``ValueError``) before anything is written."""
     t0 = time.perf_counter()
     src = Path(args.checkpoint)
+    if not src.is_file():
+        raise FileNotFoundError(f"--checkpoint {src}: no such file — download model.pth from "
+                                "github.com/kkkls/DeblurDiff and pass its path")
     if Path(args.output).resolve() == src.resolve() or src.resolve().is_relative_to(Path(args.output).resolve()):
         raise ValueError(f"--output {args.output} would replace the input {src} — choose another folder")
     if not args.quiet:
         print(f"convert: reading {src} and converting (about a minute for the 7 GB file; memory-mapped)",
               file=sys.stderr)
-    out, counts = convert(src, args.output, None if args.dtype == "keep" else DTYPES[args.dtype],
-                          text_encoder=not args.no_text_encoder)
+    _, counts = convert(src, args.output, None if args.dtype == "keep" else torch_dtype(args.dtype),
+                        text_encoder=not args.no_text_encoder)
     parts = ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in counts.items())
-    print(f"convert: {src} -> {out} ({parts} parameters; released settings: concat ControlNet input, blurry "
-          f"latents from [0, 1], posterior sampling, linspace timesteps) in {time.perf_counter() - t0:.1f} s")
+    print(f"convert: {src} -> {args.output} ({parts} parameters; released settings: concat ControlNet input, "
+          f"blurry latents from [0, 1], posterior sampling, linspace timesteps) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -11,9 +11,9 @@ psnr, ssim, psnr_input, ssim_input, the optional metrics asked for, error) and `
 the summary table. ``psnr_input`` / ``ssim_input`` score the blurry input itself against the
 sharp image, with the same colour space and crop: the baseline every deblurring table needs (a
 deblurrer helps only where its PSNR is above the input's). Rows
-whose prediction is missing or unreadable are kept with status ``missing`` / ``error`` and
-counted, never silently dropped; the exit status is then 1. Metric definitions, colour space and
-border crop: :mod:`deblurdiff.metrics`.
+whose prediction is missing or unreadable are kept with status ``missing`` / ``error``, counted
+and named in the summary, never silently dropped; the exit status is 0 as long as one pair was
+scored, 1 if none was. Metric definitions, colour space and border crop: :mod:`deblurdiff.metrics`.
 """
 
 from __future__ import annotations
@@ -26,27 +26,46 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from deblurdiff.choices import OPTIONAL_METRICS
 
-from deblurdiff.metrics import OPTIONAL_METRICS
+if TYPE_CHECKING:
+    import numpy as np
 
 GROUP_KEYS = ("source", "split")
+
+EVALUATE_DESCRIPTION = (
+    "Score the predictions of a manifest split against its sharp images: PSNR and SSIM per pair and a table per "
+    "source and split, each beside the blurry input's own scores (psnr_input, ssim_input: the baseline a "
+    "deblurrer has to beat); optional LPIPS and no-reference metrics from local weights. Predictions come from "
+    "--predictions (a 'deblurdiff infer --input MANIFEST' output) or are made first with --checkpoint. Pairs "
+    "whose prediction is missing or unreadable are kept in the report as missing / error and named at the end."
+)
+EVALUATE_EXAMPLES = """\
+examples:
+  deblurdiff evaluate --manifest manifest.parquet --split test --predictions deblurred/ --out report.csv
+  deblurdiff evaluate --manifest manifest.parquet --split test --checkpoint run/final --sampler ddim --steps 20 \\
+      --out report.csv     # deblurs the split into report_predictions/ first
+"""
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from deblurdiff.infer import add_model_arguments
 
-    parser.add_argument("--manifest", required=True, help="blurforge manifest (file, shard folder or synthesize output)")
-    parser.add_argument("--split", default="test", help="split to score (train/val/test/all)")
+    parser.add_argument("--manifest", required=True, metavar="M",
+                        help="blurforge manifest (file, shard folder or synthesize output)")
+    parser.add_argument("--split", default="test", help="split to score: train, val, test or all")
     parser.add_argument("--predictions", metavar="DIR",
                         help="folder of predictions named by key (from 'deblurdiff infer --input MANIFEST'); "
-                             "with --checkpoint: where the predictions are written")
-    parser.add_argument("--out", required=True, metavar="CSV", help="per-pair report; the summary goes to the .json beside it")
-    parser.add_argument("--crop", type=int, default=0, help="pixels removed from every border before scoring")
+                             "with --checkpoint: where the predictions are written (default: REPORT_predictions/ "
+                             "beside --out)")
+    parser.add_argument("--out", required=True, metavar="CSV",
+                        help="per-pair report; the summary goes to the .json beside it")
+    parser.add_argument("--crop", type=int, default=0, metavar="PX", help="pixels removed from every border before scoring")
     parser.add_argument("--y-channel", action="store_true",
                         help="score PSNR/SSIM on BT.601 luma (MATLAB rgb2ycbcr) instead of RGB")
-    parser.add_argument("--metrics", default="",
+    parser.add_argument("--metrics", metavar="NAMES",
                         help="comma-separated optional metrics besides PSNR and SSIM: "
                              f"{', '.join(OPTIONAL_METRICS)} or 'all' (need local weights, see --metric-weights)")
     parser.add_argument("--metric-weights", metavar="DIR",
@@ -54,7 +73,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, checkpoint_required=False)
 
 
-def _optional_names(text: str) -> list[str]:
+def _optional_names(text: str | None) -> list[str]:
+    text = text or ""
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if names == ["all"]:
         return list(OPTIONAL_METRICS)
@@ -97,6 +117,8 @@ def input_baseline(blur_path, sharp: np.ndarray, crop: int, y_channel: bool) -> 
 
 
 def _mean(values: list[float]) -> float | None:
+    import numpy as np
+
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
 
@@ -148,12 +170,15 @@ def _json_safe(v):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Score the split; 0 if every pair was scored, 1 if some predictions were missing or unreadable."""
+    """Score the split; 0 when it finished (pairs without a usable prediction are in the report and
+    named), 1 if no pair could be scored."""
     from tqdm import tqdm
 
     from blurforge.imageio import ImageReadError, read_image
     from blurforge.manifest import read_manifest, write_text_atomic
     from deblurdiff.metrics import Unavailable, full_reference, load_optional_metric, prepare
+
+    import numpy as np
 
     t0 = time.perf_counter()
     out_csv = Path(args.out)
@@ -245,4 +270,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
           f"{overall['missing']} missing, {overall['errors']} errors, mean PSNR {_fmt(overall['psnr'], 2)} dB "
           f"(blurry input {_fmt(overall['psnr_input'], 2)} dB), SSIM {_fmt(overall['ssim'])} "
           f"(input {_fmt(overall['ssim_input'])}) in {time.perf_counter() - t0:.1f} s -> {out_csv}, {json_path}")
-    return 0 if overall["missing"] == 0 and overall["errors"] == 0 else 1
+    unscored = [r for r in results if r["status"] != "ok"]
+    if unscored:
+        limit = 5
+        print(f"evaluate: {len(unscored)} pair(s) not scored (status missing / error in {out_csv}):", file=sys.stderr)
+        for r in unscored[:limit]:
+            print(f"  {r['key']}: {r['error']}", file=sys.stderr)
+        if len(unscored) > limit:
+            print(f"  ... and {len(unscored) - limit} more", file=sys.stderr)
+    if overall["scored"] == 0:
+        print(f"evaluate: no pair could be scored — check --predictions {pred_dir} (file names are the keys, as "
+              "'deblurdiff infer --input MANIFEST' writes them)", file=sys.stderr)
+        return 1
+    return 0

@@ -16,10 +16,12 @@ manifest key, or the input's path relative to the input folder), so a result doe
 the order, the batch or which other images are in the run. Same seed, inputs, batch size and
 device ⇒ identical output files.
 
-Outputs: ``OUTPUT/<relative path>.png`` (folder input), ``OUTPUT/<stem>.png`` (file input),
-``OUTPUT/<prediction_name(key)>`` (manifest input, what ``deblurdiff evaluate`` looks for), plus
-``OUTPUT/infer.json`` (settings, counts, failures). Inputs are never overwritten: an output
-folder that is (or lies inside) the input folder or the manifest's folder is refused.
+Outputs (decided before any work, :func:`plan_outputs`): ``OUTPUT/<relative path>.png`` (folder
+input; inputs sharing a stem keep their extension, :func:`output_names`), ``OUTPUT/<stem>.png`` or
+the ``.png`` file ``--output`` names (file input), ``OUTPUT/<prediction_name(key)>`` (manifest
+input, what ``deblurdiff evaluate`` looks for), at the input's bit depth unless ``--bit-depth``;
+plus ``infer.json`` (settings, counts, output names, failures). Inputs are never overwritten, and
+a folder input's outputs must lie outside it.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 COLOR_FIXES = ("adain", "wavelet", "none")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
@@ -236,6 +241,7 @@ class Deblurrer:
 
 def images_to_batch(images: list[np.ndarray], device):
     """Same-size ``H×W×3`` float32 arrays -> a (B, 3, H, W) float32 tensor on ``device``."""
+    import numpy as np
     import torch
 
     shapes = {im.shape for im in images}
@@ -253,11 +259,22 @@ def _to_numpy(batch) -> list[np.ndarray]:
 
 @dataclass
 class Job:
-    """One image to deblur: its input file, its seed key and its output path relative to OUTPUT."""
+    """One image to deblur: its input file, its seed key and its output path relative to the output folder."""
 
     path: Path
     key: str
     name: str
+
+
+@dataclass
+class Plan:
+    """What a run reads and writes, decided before any work."""
+
+    jobs: list[Job]
+    kind: str  # "file" | "folder" | "manifest"
+    out_dir: Path  # the outputs' folder, as given (for a file output: its parent)
+    record: Path  # infer.json (for a file output: STEM.infer.json beside it)
+    renamed: list[tuple[str, str]]  # (input, output name) of inputs that kept their extension (shared stems)
 
 
 def is_manifest(path: Path) -> bool:
@@ -266,13 +283,32 @@ def is_manifest(path: Path) -> bool:
     return path.is_dir() and ((path / "manifest").is_dir() or any(path.glob("*.parquet")))
 
 
-def collect_jobs(input_path: str, split: str) -> tuple[list[Job], Path, set[Path]]:
-    """(jobs, the input folder outputs must stay out of, every input file path (protected))."""
+def output_names(relative: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Output names of a folder's inputs (POSIX paths relative to it): ``a/x.jpg -> a/x.png``.
+    Inputs that would share an output name — ``x.jpg`` and ``x.png``; names are compared
+    case-insensitively, as some file systems do — keep their extension instead: ``x.jpg.png``,
+    ``x.png.png``; any clash left after that adds 8 hex digits of the input path's SHA-256.
+    Returns (names, [(input, name) of those renamed])."""
+    plain = [str(PurePosixPath(r).with_suffix(".png")) for r in relative]
+    names = _rename_clashes(plain, [f"{r}.png" for r in relative])
+    names = _rename_clashes(names, [f"{n[:-4]}-{hashlib.sha256(r.encode()).hexdigest()[:8]}.png"
+                                    for n, r in zip(names, relative)])
+    return names, [(r, n) for r, p, n in zip(relative, plain, names) if n != p]
+
+
+def _rename_clashes(names: list[str], alternatives: list[str]) -> list[str]:
+    counts = Counter(n.casefold() for n in names)
+    return [alt if counts[n.casefold()] > 1 else n for n, alt in zip(names, alternatives)]
+
+
+def collect_jobs(input_path: str, split: str) -> tuple[list[Job], str, Path, set[Path], list[tuple[str, str]]]:
+    """(jobs, kind, the input folder, every input file path (protected), renamed outputs)."""
     from blurforge.imageio import find_images
 
     src = Path(input_path)
     if not src.exists():
-        raise FileNotFoundError(f"{src}: no such file or folder — pass an image, a folder of images or a manifest")
+        raise FileNotFoundError(f"--input {src}: no such file or folder — pass an image, a folder of images or a "
+                                "blurforge manifest")
     if is_manifest(src):
         from blurforge.manifest import read_manifest
 
@@ -284,79 +320,136 @@ def collect_jobs(input_path: str, split: str) -> tuple[list[Job], Path, set[Path
             have = sorted({r["split"] for r in rows})
             raise ValueError(f"{src}: no rows in split {split!r} (splits present: {', '.join(have)}) — pass --split")
         jobs = [Job(m.abspath(r["blur_path"]), r["key"], prediction_name(r["key"])) for r in chosen]
-        return jobs, m.root.resolve(), protected
+        return jobs, "manifest", m.root.resolve(), protected, []
     if src.is_dir():
         files = find_images(src)
         if not files:
-            raise ValueError(f"{src}: no images found (extensions .png, .jpg, ...)")
-        jobs = [Job(p, p.relative_to(src).as_posix(), p.relative_to(src).with_suffix(".png").as_posix())
-                for p in files]
-        return jobs, src.resolve(), {p.resolve() for p in files}
-    return [Job(src, src.name, src.with_suffix(".png").name)], src.parent.resolve(), {src.resolve()}
+            raise ValueError(f"--input {src}: no images found (files ending in .png, .jpg, .jpeg, .bmp, .tif, "
+                             ".tiff or .webp, searched recursively)")
+        relative = [p.relative_to(src).as_posix() for p in files]
+        names, renamed = output_names(relative)
+        jobs = [Job(p, r, n) for p, r, n in zip(files, relative, names)]
+        return jobs, "folder", src.resolve(), {p.resolve() for p in files}, renamed
+    return [Job(src, src.name, src.with_suffix(".png").name)], "file", src.parent.resolve(), {src.resolve()}, []
 
 
-def check_output(out_dir: Path, input_root: Path, jobs: list[Job], protected: set[Path], manifest: bool) -> None:
-    """Refuse outputs that could overwrite or mix with inputs."""
-    out = out_dir.resolve()
-    inside = out == input_root or (not manifest and input_root in out.parents)
-    if inside:
-        raise ValueError(f"--output {out_dir} is (inside) the input folder {input_root} — choose another folder; "
-                         "inputs are never overwritten")
+def plan_outputs(input_path: str, output: str, split: str = "test") -> Plan:
+    """The jobs and where their outputs go, refusing outputs that could overwrite or mix with inputs:
+
+    - ``--output`` ending in an image extension (and not an existing folder) is the output file of
+      a single input image; it must end in ``.png``. Anything else is a folder.
+    - A folder input's output folder must lie outside it (a re-run would read the outputs as new
+      inputs); a file's may be anywhere, its own folder and the current one included.
+    - No output may replace an input file.
+    """
+    from blurforge.imageio import IMAGE_EXTENSIONS
+
+    jobs, kind, input_root, protected, renamed = collect_jobs(input_path, split)
+    out = Path(output)
+    if out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+        if kind != "file":
+            raise ValueError(f"--output {output} names an image file, but --input {input_path} holds "
+                             f"{len(jobs)} image(s) — pass a folder, e.g. --output {out.with_suffix('')}")
+        if out.suffix.lower() != ".png":
+            raise ValueError(f"--output {output}: outputs are PNG files (lossless, 8 or 16 bit) — name it "
+                             f"{out.with_suffix('.png')}")
+        jobs[0].name = out.name
+        plan = Plan(jobs, kind, out.parent, out.parent / f"{out.stem}.infer.json", renamed)
+    else:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--output {output} exists and is not a folder — pass a folder, or a .png file name "
+                             "for a single input image")
+        resolved = out.resolve()
+        if kind == "folder" and (resolved == input_root or input_root in resolved.parents):
+            raise ValueError(f"--output {output} is inside the input folder {input_path} — choose a folder outside "
+                             "it (a later run over the folder would take the outputs for inputs); inputs are never "
+                             "overwritten")
+        if kind == "manifest" and resolved == input_root:
+            raise ValueError(f"--output {output} is the manifest's folder — choose another folder")
+        plan = Plan(jobs, kind, out, out / "infer.json", renamed)
     for job in jobs:
-        if (out / job.name).resolve() in protected:
-            raise ValueError(f"--output {out_dir}: {job.name} would overwrite the input {out / job.name} — "
-                             "choose another folder")
+        target = plan.out_dir / job.name
+        if target.resolve() in protected:
+            stem = Path(job.name).stem
+            raise ValueError(f"--output {output} would overwrite the input {job.path} — choose another folder"
+                             + (f", or a file name such as --output {stem}-deblurred.png" if kind == "file" else ""))
+    return plan
 
 
 # --------------------------------------------------------------------------------------- CLI
 
+INFER_DESCRIPTION = (
+    "Deblur one image, a folder of images (searched recursively) or the blurry images of a manifest split "
+    "with a checkpoint of 'deblurdiff train' (RUN/final, or a RUN/checkpoint-STEP folder), a folder written "
+    "by 'deblurdiff convert', or the released model.pth. Outputs are PNG files at the input's bit depth "
+    "(16-bit inputs give 16-bit outputs; --bit-depth overrides) of the input's size, plus infer.json (settings, "
+    "counts, failed inputs). Inputs are never overwritten. Each image's noise derives from (--seed, its "
+    "name), so its result does not depend on the other images of the run. Unreadable images are skipped, "
+    "listed in infer.json and named at the end."
+)
+INFER_EXAMPLES = """\
+examples:
+  deblurdiff infer --checkpoint run/final --input photo.jpg --output photo-sharp.png
+  deblurdiff infer --checkpoint run/final --input blurry/ --output deblurred/ --sampler ddim --steps 20
+  deblurdiff infer --checkpoint run/final --input manifest.parquet --split test --output deblurred/
+
+output names: one image: --output FILE.png, or FOLDER/STEM.png (FILE.infer.json / FOLDER/infer.json
+beside it). A folder keeps its layout (blurry/a/x.jpg -> deblurred/a/x.png); inputs that would share
+an output name (x.jpg and x.png) keep their extension in it (x.jpg.png, x.png.png), as said at the
+start. A manifest's rows are named by key, as 'deblurdiff evaluate --predictions' expects.
+"""
+
 
 def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_required: bool) -> None:
     """Checkpoint + sampling options, shared by ``infer`` and ``evaluate``."""
-    from deblurdiff.sampling import DEFAULT_STEPS, SPACINGS
+    from deblurdiff.choices import DEFAULT_STEPS, SAMPLERS, TIMESTEP_SPACINGS
 
     g = parser.add_argument_group("model and sampling")
     g.add_argument("--checkpoint", required=checkpoint_required, metavar="DIR|FILE",
-                   help="checkpoint folder written by deblurdiff train (DeblurDiff or MSGD: the folder says "
-                        "which) / deblurdiff convert, or the released "
-                        "model.pth of github.com/kkkls/DeblurDiff (converted in memory; 'deblurdiff convert' saves "
-                        "the result)")
+                   help="RUN/final (or RUN/checkpoint-STEP) of 'deblurdiff train', DeblurDiff or MSGD: the "
+                        "folder says which; a folder written by 'deblurdiff convert'; or the released model.pth "
+                        "of github.com/kkkls/DeblurDiff (converted in memory; 'deblurdiff convert' saves the "
+                        "result)")
     g.add_argument("--pretrained", metavar="SD_DIR",
-                   help="local diffusers folder of Stable Diffusion (overrides the path recorded in the checkpoint)")
-    g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver"], default=None,
-                   help="ddpm: the paper's Algorithm 1 (DeblurDiff default); ddim / dpmsolver: fast 10–20-step "
-                        "variants; MSGD checkpoints default to their preset's sampler")
-    g.add_argument("--steps", type=_positive_int, default=None,
+                   help="local diffusers folder of Stable Diffusion, instead of the path recorded in the checkpoint")
+    g.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="ddpm: the paper's Algorithm 1; ddim / dpmsolver: fast 10-20-step variants (default: ddpm "
+                        "for DeblurDiff, the preset's for MSGD)")
+    g.add_argument("--steps", type=_positive_int, default=None, metavar="N",
                    help="denoising steps (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
                         + "; MSGD: its preset's)")
-    g.add_argument("--samples", type=_positive_int, default=1,
+    g.add_argument("--samples", type=_positive_int, default=1, metavar="N",
                    help="MSGD only: average this many samples per image (the paper's SA: higher PSNR, less "
                         "perceptual detail)")
-    g.add_argument("--timestep-spacing", choices=list(SPACINGS), default=None,
+    g.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS, default=None,
                    help="which of the 1000 training timesteps the sampler visits: linspace (999, 979, ..., 0; the "
-                        "released code, default for converted checkpoints), leading (981, 961, ..., 1; SD's "
-                        "scheduler), trailing; default: the checkpoint's setting")
-    g.add_argument("--seed", type=int, default=0, help="run seed; each image's noise derives from (seed, key)")
-    g.add_argument("--tile-size", type=int, default=512,
-                   help="pixels; larger images are processed in Gaussian-blended tiles (0 = never tile)")
-    g.add_argument("--tile-overlap", type=int, default=128, help="overlap of neighbouring tiles, pixels")
-    g.add_argument("--color-fix", choices=list(COLOR_FIXES), default=None,
-                   help="adain: match per-channel mean/std (RGB) to the input (DeblurDiff default); wavelet: keep "
-                        "the input's low frequencies; none (MSGD default)")
-    g.add_argument("--dtype", choices=list(DTYPE_NAMES), default="fp32",
+                        "released code), leading (981, 961, ..., 1; SD's scheduler), trailing (default: the "
+                        "checkpoint's setting: linspace for converted checkpoints, leading otherwise)")
+    g.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="run seed; each image's noise derives from (seed, its name)")
+    g.add_argument("--tile-size", type=int, default=512, metavar="PX",
+                   help="images larger than this are processed in Gaussian-blended tiles of this size; 0 = never tile")
+    g.add_argument("--tile-overlap", type=int, default=128, metavar="PX", help="overlap of neighbouring tiles")
+    g.add_argument("--color-fix", choices=COLOR_FIXES, default=None,
+                   help="adain: match per-channel mean/std (RGB) to the input; wavelet: keep the input's low "
+                        "frequencies; none (default: adain for DeblurDiff, none for MSGD)")
+    g.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32",
                    help="inference precision (bf16 / fp16 are meant for CUDA; on CPU they are slow)")
-    g.add_argument("--batch-size", type=_positive_int, default=1, help="images of the same size per batch")
+    g.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="images of the same size per batch")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if available")
-    g.add_argument("--bit-depth", type=int, choices=[8, 16], default=8, help="PNG bit depth of the outputs")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--bit-depth", type=int, choices=[8, 16], default=None,
+                   help="PNG bit depth of the outputs (default: the input's: 16 for 16-bit inputs, else 8)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars (the summary is still printed)")
 
 
 def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="PATH",
-                        help="an image, a folder of images (recursive), or a blurforge manifest "
-                             "(its --split rows' blurry images are deblurred)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output folder (never the input folder)")
-    parser.add_argument("--split", default="test", help="manifest split to deblur (train/val/test/all)")
+                        help="an image, a folder of images (searched recursively), or a blurforge manifest (the "
+                             "blurry images of its --split rows)")
+    parser.add_argument("--output", required=True, metavar="DIR|FILE.png",
+                        help="output folder (outside a folder --input), or the .png file to write for one input "
+                             "image")
+    parser.add_argument("--split", default="test", help="manifest split to deblur: train, val, test or all")
     parser.add_argument("--save-intermediates", action="store_true",
                         help="write the decoded z_s and x0 estimates of every step to "
                              "OUTPUT/intermediates/NAME/step-XXX_{zs,z0}.png; MSGD: the guidance outputs per "
@@ -398,86 +491,123 @@ def make_deblurrer(model, settings: InferSettings, progress: bool = False):
     return Deblurrer(model, settings, progress)
 
 
+def resolve_checkpoint(text: str) -> str:
+    """The checkpoint ``--checkpoint`` names: a model folder (``deblurdiff.json`` or ``msgd.json``),
+    a training checkpoint ``RUN/checkpoint-STEP`` (its ``model/``) or a weights file; anything
+    else is refused with what to pass instead."""
+    from deblurdiff.convert import FILE_SUFFIXES
+    from deblurdiff.model import CONFIG_NAME
+    from deblurdiff.msgd import CONFIG_NAME as MSGD_CONFIG_NAME
+
+    what = ("pass RUN/final (or RUN/checkpoint-STEP) of 'deblurdiff train', a folder written by 'deblurdiff "
+            "convert', or the released model.pth")
+    path = Path(text)
+    if not path.exists():
+        raise FileNotFoundError(f"--checkpoint {text}: no such file or folder — {what}")
+    if path.is_file():
+        if path.suffix not in FILE_SUFFIXES:
+            raise ValueError(f"--checkpoint {text}: not a weights file ({', '.join(FILE_SUFFIXES)}) — {what}")
+        return text
+    holds = lambda d: (d / CONFIG_NAME).is_file() or (d / MSGD_CONFIG_NAME).is_file()  # noqa: E731
+    if holds(path):
+        return text
+    if holds(path / "model"):  # a training checkpoint: its weights are in model/
+        return str(path / "model")
+    if holds(path / "final"):
+        raise FileNotFoundError(f"--checkpoint {text} is a training run's folder — pass {path / 'final'} (its "
+                                "final weights) or one of its checkpoint-STEP folders")
+    raise FileNotFoundError(f"--checkpoint {text}: no {CONFIG_NAME} or {MSGD_CONFIG_NAME} in this folder — {what}")
+
+
 def load_model(args: argparse.Namespace):
     """(model on device/dtype, device, dtype name actually used) from the CLI options."""
     from deblurdiff.model import DeblurDiff
 
+    checkpoint = resolve_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
     dtype, note = resolve_dtype(args.dtype, device)
     if note:
         print(f"deblurdiff: {note}", file=sys.stderr)
     from deblurdiff.msgd import MSGD, is_msgd_checkpoint
 
-    if is_msgd_checkpoint(args.checkpoint):  # the MSGD family: one network, no pretrained parts
+    if is_msgd_checkpoint(checkpoint):  # the MSGD family: one network, no pretrained parts
         if args.pretrained:
             raise ValueError(f"--pretrained: {args.checkpoint} is an MSGD checkpoint, which has no pretrained "
                              "parts — drop --pretrained")
-        model = MSGD.from_pretrained(args.checkpoint).to(device=device, dtype=dtype).eval()
+        model = MSGD.from_pretrained(checkpoint).to(device=device, dtype=dtype).eval()
         return model, device, str(dtype).replace("torch.", "")
     from deblurdiff.convert import is_checkpoint_file, load_released
 
-    if is_checkpoint_file(args.checkpoint):
+    if is_checkpoint_file(checkpoint):
         if args.pretrained:
             raise ValueError(f"--pretrained does not apply to {args.checkpoint}: the released file holds its own "
                              "Stable Diffusion weights — drop --pretrained")
         print(f"deblurdiff: converting {args.checkpoint} in memory (save it once with 'deblurdiff convert "
               f"--checkpoint {args.checkpoint} --output DIR' to skip this)", file=sys.stderr)
-        model, _ = load_released(args.checkpoint)
+        model, _ = load_released(checkpoint)
     else:
-        model = DeblurDiff.from_pretrained(args.checkpoint, pretrained=args.pretrained)
+        model = DeblurDiff.from_pretrained(checkpoint, pretrained=args.pretrained)
     return prepare_model(model, device, dtype), device, str(dtype).replace("torch.", "")
 
 
+def _failure_lines(failures: list[dict], limit: int = 5) -> list[str]:
+    lines = [f"  {f['error']}" for f in failures[:limit]]
+    if len(failures) > limit:
+        lines.append(f"  ... and {len(failures) - limit} more")
+    return lines
+
+
 def run_infer(args: argparse.Namespace) -> int:
-    """Deblur every input; 0 if all succeeded, 1 if some failed (reported, others written).
-    Raises ValueError / FileNotFoundError for unusable arguments."""
+    """Deblur every input. 0 when it finished (inputs that could not be read are skipped, listed in
+    infer.json and named), 1 if no image was deblurred; unusable arguments raise ValueError /
+    FileNotFoundError before any work."""
     from tqdm import tqdm
 
     from blurforge.imageio import ImageReadError, encode_image, read_image, write_bytes_atomic
+    from blurforge.manifest import write_text_atomic
 
     t0 = time.perf_counter()
-    src = Path(args.input)
-    jobs, input_root, protected = collect_jobs(args.input, args.split)
-    out_dir = Path(args.output)
-    check_output(out_dir, input_root, jobs, protected, manifest=is_manifest(src))
-    names = {}
+    plan = plan_outputs(args.input, args.output, args.split)
+    resolve_checkpoint(args.checkpoint)  # a wrong --checkpoint is refused before the model loads
+    for source, name in plan.renamed:
+        print(f"infer: {source} -> {name} (another input has the same stem; outputs keep the extension)",
+              file=sys.stderr)
     model, device, dtype_name = load_model(args)
     settings = settings_from_args(args, model)
     t_loaded = time.perf_counter()
-    deblur = make_deblurrer(model, settings, progress=not args.quiet)
+    # the per-step bars of the samplers only on a terminal: in a log file their redraws are noise
+    deblur = make_deblurrer(model, settings, progress=not args.quiet and sys.stderr.isatty())
+    jobs, out_dir = plan.jobs, plan.out_dir
     failures: list[dict] = []
     done = 0
     bar = tqdm(total=len(jobs), desc="infer", unit="img", disable=args.quiet)
     for start in range(0, len(jobs), args.batch_size):
-        loaded: list[tuple[Job, np.ndarray]] = []
+        loaded: list[tuple[Job, np.ndarray, int]] = []
         for job in jobs[start:start + args.batch_size]:
-            if job.name in names:
-                failures.append({"input": str(job.path), "error": f"output name {job.name} also used by "
-                                 f"{names[job.name]} — rename one of them"})
-                continue
-            names[job.name] = str(job.path)
             try:
-                loaded.append((job, read_image(job.path)[0]))
+                img, info = read_image(job.path)
+                loaded.append((job, img, info["bit_depth"]))
             except ImageReadError as exc:
                 failures.append({"input": str(job.path), "error": str(exc)})
                 tqdm.write(f"infer: skipped {exc}", file=sys.stderr)
         groups: dict[tuple, list] = {}
-        for job, img in loaded:
-            groups.setdefault(img.shape, []).append((job, img))
+        for job, img, depth in loaded:
+            groups.setdefault(img.shape, []).append((job, img, depth))
         for group in groups.values():
-            batch_jobs = [j for j, _ in group]
+            batch_jobs = [j for j, _, _ in group]
             inter = None
             if args.save_intermediates:
                 inter = [out_dir / "intermediates" / Path(j.name).with_suffix("") for j in batch_jobs]
-            outs = deblur([im for _, im in group], [j.key for j in batch_jobs], inter)
-            for job, img in zip(batch_jobs, outs):
-                write_bytes_atomic(out_dir / job.name, encode_image(img, bit_depth=args.bit_depth))
+            outs = deblur([im for _, im, _ in group], [j.key for j in batch_jobs], inter)
+            for (job, _, depth), img in zip(group, outs):
+                bits = args.bit_depth or (16 if depth == 16 else 8)
+                write_bytes_atomic(out_dir / job.name, encode_image(img, bit_depth=bits))
                 done += 1
         bar.update(len(jobs[start:start + args.batch_size]))
     bar.close()
     seconds = time.perf_counter() - t0
     record = {
-        "input": str(src),
+        "input": str(args.input),
         "checkpoint": str(args.checkpoint),
         "settings": asdict(settings) | {"steps": settings.n_steps(),
                                         "timestep_spacing": settings.timestep_spacing
@@ -485,17 +615,24 @@ def run_infer(args: argparse.Namespace) -> int:
         "device": str(device),
         "dtype": dtype_name,
         "batch_size": args.batch_size,
+        "bit_depth": args.bit_depth or "input's",
         "images": done,
+        "outputs": {str(j.path): j.name for j in jobs if all(f["input"] != str(j.path) for f in failures)},
         "failures": failures,
         "seconds": round(seconds, 3),
         "seconds_loading_model": round(t_loaded - t0, 3),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    from blurforge.manifest import write_text_atomic
-
-    write_text_atomic(out_dir / "infer.json", json.dumps(record, indent=2) + "\n")
+    write_text_atomic(plan.record, json.dumps(record, indent=2) + "\n")
     per = (time.perf_counter() - t_loaded) / max(done, 1)  # excludes loading the model
-    print(f"infer: {done} images, {len(failures)} failures, {per:.2f} s/image "
-          f"({settings.sampler}-{settings.n_steps()}, seed {settings.seed}, {dtype_name} on {device}) -> {out_dir}"
-          + (f" (failures listed in {out_dir / 'infer.json'})" if failures else ""))
-    return 1 if failures else 0
+    where = out_dir / jobs[0].name if plan.kind == "file" else out_dir
+    failed = f", {len(failures)} failed (listed in {plan.record})" if failures else ""
+    print(f"infer: {done} of {len(jobs)} image(s) deblurred{failed}, {per:.2f} s/image ({settings.sampler}-"
+          f"{settings.n_steps()}, seed {settings.seed}, {dtype_name} on {device}) -> {where}")
+    if failures:
+        print(f"infer: {len(failures)} input(s) could not be read:", file=sys.stderr)
+        print("\n".join(_failure_lines(failures)), file=sys.stderr)
+    if done == 0:
+        print("infer: no image was deblurred — every input failed (reasons above)", file=sys.stderr)
+        return 1
+    return 0

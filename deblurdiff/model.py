@@ -67,14 +67,11 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 
 from blurforge.storage import apply_umask
+from deblurdiff.choices import BLURRY_RANGES, CONTROLNET_INPUTS, POSTERIORS, TIMESTEP_SPACINGS, VARIANTS
+from deblurdiff.frozen import FrozenParts, load_frozen_parts
 from deblurdiff.lkpn import LKPN
 from deblurdiff.windows import set_attention_windows
 
-VARIANTS = ("lkpn", "blurry", "lkpn-direct", "lkpn-static")
-CONTROLNET_INPUTS = ("embedding", "concat")
-BLURRY_RANGES = ("signed", "unit")
-POSTERIORS = ("mode", "sample")
-TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 CONFIG_NAME = "deblurdiff.json"
 TEXT_EMB_NAME = "empty_text_emb.safetensors"
 FROZEN_PARTS = ("vae", "unet", "scheduler")
@@ -85,7 +82,7 @@ FORMAT_VERSION = 1
 class DeblurDiffConfig:
     """Everything needed to rebuild a DeblurDiff model; saved in every checkpoint."""
 
-    preset: str = "tiny"  # frozen-parts recipe: "tiny", "sd21-base" or "sd15" (deblurdiff.presets)
+    preset: str = "tiny"  # frozen-parts recipe: "tiny", "sd21-base" or "sd15" (deblurdiff.frozen)
     variant: str = "lkpn"  # "lkpn" | "blurry" | "lkpn-direct" | "lkpn-static" (module docstring)
     pretrained: str | None = None  # local diffusers folder of the SD model (sd presets); None for tiny
     seed: int = 0  # seeds the tiny preset's frozen weights and the init of the trainable parts
@@ -490,8 +487,6 @@ class DeblurDiff(torch.nn.Module):
         else:
             frozen = load_included_frozen_parts(directory)
         if frozen is None:
-            from deblurdiff.presets import load_frozen_parts
-
             frozen = load_frozen_parts(config.preset, config.pretrained, config.seed)
         controlnet, lkpn = load_trained_parts(directory, config)
         return cls(
@@ -533,8 +528,6 @@ def load_trained_parts(directory: str | os.PathLike, config: DeblurDiffConfig) -
 def load_included_frozen_parts(directory: str | os.PathLike):
     """The frozen parts saved in a checkpoint folder (``include_frozen=True``), or None if it has none."""
     from safetensors.torch import load_file
-
-    from deblurdiff.presets import FrozenParts
 
     directory = Path(directory)
     present = [p for p in FROZEN_PARTS if (directory / p).is_dir()] + (

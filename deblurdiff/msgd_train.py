@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from deblurdiff.msgd import GUIDANCE_MODES, PREDICTIONS, PRESETS, TARGETS, is_msgd_preset
+# the option names without importing torch (so --help is instant); they equal deblurdiff.msgd's (tested)
+from deblurdiff.choices import GUIDANCE_MODES, PREDICTIONS, TARGETS, is_msgd_preset
+from deblurdiff.choices import MSGD_PRESETS as PRESETS
 
 # CLI option -> MSGDConfig field; None on the command line = the preset's value
 OPTION_FIELDS = {
@@ -42,11 +44,11 @@ def add_msgd_arguments(p: argparse.ArgumentParser) -> None:
                    help="multiscale: guidance features added to the encoder (the paper); input: ablation, the "
                         "guidance outputs concatenated to the input; none: ablation, plain icDPM")
     g.add_argument("--scales", type=_scales, metavar="S,S,...",
-                   help="guidance scales (default 2,4,8, the paper's best); one value = the single-scale ablation")
+                   help="guidance scales; one value = the single-scale ablation (default: 2,4,8, the paper's best)")
     g.add_argument("--guidance-target", choices=["gray", "rgb"],
-                   help="colour of the guidance input and regression target (default gray; rgb = ablation)")
+                   help="colour of the guidance input and regression target; rgb = ablation (default: gray)")
     g.add_argument("--regression-weight", type=float, metavar="W",
-                   help="weight of the per-scale guidance regression loss (default 1; 0 = ablation without it)")
+                   help="weight of the per-scale guidance regression loss; 0 = ablation without it (default: 1)")
     g.add_argument("--denoise-ramp", type=int, metavar="STEPS",
                    help="the denoising loss weight ramps linearly 0 -> 1 over these steps after a regression-only "
                         "start (paper 60000; msgd-cpu 0)")

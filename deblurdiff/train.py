@@ -63,8 +63,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+TRAIN_DESCRIPTION = (
+    "Train DeblurDiff's ControlNet and LKPN (on a frozen Stable Diffusion) on the train split of blurforge "
+    "manifests, or an MSGD model from scratch (--preset msgd-*). Runs on one CPU or GPU, or on many with "
+    "'accelerate launch'. Writes metrics.jsonl, checkpoint-STEP/ folders (resumable), val/ and final/ (what "
+    "'deblurdiff infer --checkpoint' takes) into --output-dir."
+)
+
 EPILOG = """\
-recipes (--recipe; an option given explicitly overrides its recipe value):
+examples:
+  deblurdiff train --manifest pairs/ --preset tiny --resolution 32 --batch-size 4 --max-steps 100 --output-dir runs/tiny
+  deblurdiff train --manifest m.parquet --preset msgd-cpu --resolution 96 --batch-size 4 --lr 1e-3 \\
+      --lr-warmup 50 --lr-decay cosine --max-steps 600 --output-dir runs/msgd    # MSGD: the demo's run
+  deblurdiff train --manifest pairs/ --preset tiny --resolution 32 --batch-size 4 --max-steps 200 \\
+      --output-dir runs/tiny --resume latest     # the first run, continued to 200 steps (or after Ctrl-C)
+
+the paper's batch 128 on 8 GPUs (8 processes x 16 pairs), and the released code's recipe (batch 64):
+  accelerate launch --num_processes 8 -m deblurdiff train --manifest m.parquet --preset sd21-base \\
+      --pretrained SD21 --output-dir runs/sd --micro-batch-size 16 --mixed-precision bf16 --gradient-checkpointing
+  accelerate launch --num_processes 8 -m deblurdiff train --recipe released --manifest m.parquet \\
+      --preset sd21-base --pretrained SD21 --output-dir runs/released --micro-batch-size 8
+
+recipes (--recipe, DeblurDiff presets; an option given explicitly overrides its recipe value):
   paper     Kong et al. 2025: Adam (AdamW, weight decay 0), lr 5e-5, global batch 128, 100k steps,
             512x512 crops; clipping at 1.0 and fp32 are this project's choices (the paper names none);
             model: diffusers' ControlNet conditioning embedding, blurry image in [-1, 1], posterior mean.
@@ -76,27 +96,18 @@ recipes (--recipe; an option given explicitly overrides its recipe value):
             (no effect at 512 crops), linspace timesteps for validation.
             (Not reproduced: its dataset drops the caption to "" for half the samples; here the
             prompt is always empty.)
+MSGD presets take Adam, lr 1e-4, batch 256, 100k steps, clipping at 1.0 and fp32 unless given; the
+paper's ablations (its Table 9) are switches: --guidance none | input, --scales 4,
+--guidance-target rgb, --regression-weight 0.
 
 --batch-size is the global batch per optimizer step: processes x --micro-batch-size x accumulation
 steps. E.g. batch 128 on 8 GPUs with --micro-batch-size 16 takes 1 micro-batch per step; on 1 GPU,
 8 accumulated micro-batches. Pairs smaller than --resolution are reflect-padded (--small-pairs pad)
 or dropped (skip); either way they are counted in the summary and metrics.
 
-examples:
-  deblurdiff train --manifest pairs/ --preset tiny --resolution 32 --batch-size 4 --max-steps 100 --output-dir runs/tiny
-  accelerate launch --num_processes 8 -m deblurdiff train --manifest m.parquet --preset sd21-base --pretrained SD21 \\
-      --output-dir runs/sd --micro-batch-size 16 --mixed-precision bf16 --gradient-checkpointing   # batch 128
-  accelerate launch --num_processes 8 -m deblurdiff train --recipe released --manifest m.parquet --preset sd21-base \\
-      --pretrained SD21 --output-dir runs/released --micro-batch-size 8                              # batch 64
-  deblurdiff train ... --output-dir runs/sd --resume latest      # continue after a crash / preemption
-
-MSGD (Ren et al. 2023, the second model family; pixel space, trained from scratch, no --pretrained):
-  deblurdiff train --manifest m.parquet --preset msgd-cpu --resolution 64 --batch-size 8 --lr 2e-3 \\
-      --max-steps 600 --output-dir runs/msgd
-  deblurdiff train --manifest m.parquet --preset msgd-base --resolution 256 --batch-size 32 --lr 1e-4 \\
-      --lr-warmup 5000 --mixed-precision bf16 --output-dir runs/msgd-base   # linear warm-up, then constant
-  ... --guidance none | --guidance input | --scales 4 | --guidance-target rgb | --regression-weight 0
-      (the paper's ablations)
+Validation (--val-every N) runs every N steps and once more at the end of the run: val/step-S/KEY.png
+shows blurry | output | sharp with the PSNR/SSIM of the blurry and the output panels against the
+sharp one; the means go to metrics.jsonl (type "val").
 """
 
 # Defaults of the recipe-controlled options (argparse leaves them None; apply_recipe fills them in).
@@ -145,65 +156,62 @@ def _nonneg_float(text: str) -> float:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``train`` options to ``p`` (and its epilog); returns ``p``."""
-    from deblurdiff.lkpn import ZERO_INITS
-    from deblurdiff.model import BLURRY_RANGES, CONTROLNET_INPUTS, POSTERIORS, VARIANTS
-    from deblurdiff.sampling import SPACINGS
-    from deblurdiff.msgd import PRESETS as MSGD_PRESETS
+    """Add the ``train`` options to ``p`` (and its description and epilog); returns ``p``.
+
+    Option names come from :mod:`deblurdiff.choices`, so building the parser imports no torch."""
+    from deblurdiff.choices import (BLURRY_RANGES, CONTROLNET_INPUTS, POSTERIORS, PRESET_HELP, PRESETS,
+                                    TIMESTEP_SPACINGS, VARIANTS, ZERO_INITS)
     from deblurdiff.msgd_train import add_msgd_arguments
 
-    p.description = " ".join(filter(None, [
-        p.description,
-        "Train DeblurDiff's ControlNet and LKPN (frozen Stable Diffusion) on the train split of "
-        "blurforge manifests, or the MSGD model (--preset msgd-*). Runs on one CPU/GPU, or on many with "
-        "'accelerate launch'.",
-    ]))
+    p.description = TRAIN_DESCRIPTION
     p.epilog = EPILOG
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
     g = p.add_argument_group("data")
     g.add_argument("--manifest", action="append", required=True, metavar="M",
-                   help="blurforge manifest (.parquet, shard dir or synthesize output); repeat for several")
+                   help="blurforge manifest (.parquet, shard folder or synthesize output); repeat for several")
     g.add_argument("--manifest-weight", action="append", type=_nonneg_float, metavar="W",
                    help="share of the draws for each --manifest, in order (default: every pair once per epoch)")
-    g.add_argument("--resolution", metavar="PX", type=_positive_int, default=512, help="square crop size in pixels (default 512)")
+    g.add_argument("--resolution", metavar="PX", type=_positive_int, default=512, help="square crop size in pixels")
     g.add_argument("--small-pairs", choices=["pad", "skip"], default="pad",
-                   help="pairs smaller than the crop: reflect-pad them or drop them (counted either way; default pad)")
+                   help="pairs smaller than the crop: reflect-pad them or drop them (counted either way)")
     g.add_argument("--no-flip", action="store_true", help="no random horizontal/vertical flips")
     g.add_argument("--num-workers", metavar="N", type=_nonneg_int, default=None,
                    help="DataLoader worker processes per training process (default: from the CPU count, "
                         "printed at start-up)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--preset", choices=["sd21-base", "sd15", "tiny", *MSGD_PRESETS], default="sd21-base",
-                   help="frozen SD parts: sd* from --pretrained, tiny = seeded random miniature; msgd-*: the MSGD "
-                        "model family instead of DeblurDiff (default sd21-base)")
-    g.add_argument("--pretrained", metavar="SD_DIR", help="local diffusers folder of Stable Diffusion (sd presets)")
-    g.add_argument("--variant", choices=list(VARIANTS), default="lkpn", help="conditioning variant (default lkpn)")
+    g.add_argument("--preset", choices=PRESETS, required=True, help=PRESET_HELP)
+    g.add_argument("--pretrained", metavar="SD_DIR",
+                   help="local diffusers folder of Stable Diffusion (sd21-base, sd15; never downloaded)")
+    g.add_argument("--variant", choices=VARIANTS, default="lkpn",
+                   help="DeblurDiff conditioning variant: lkpn (the paper's model) or one of the paper's ablations")
     g.add_argument("--recipe", choices=list(RECIPES), default="paper",
-                   help="defaults of the options marked 'recipe' below: paper or released (see the end of --help)")
-    g.add_argument("--controlnet-input", choices=list(CONTROLNET_INPUTS), default=None,
+                   help="DeblurDiff: the values of the options marked 'recipe' below that are not given (see the "
+                        "table at the end)")
+    g.add_argument("--controlnet-input", choices=CONTROLNET_INPUTS, default=None,
                    help="how the condition enters the ControlNet: embedding (diffusers' conv-SiLU-zero conv, "
                         "added to conv_in) or concat (one conv over cat(z_t, condition), the released code) "
                         "(recipe: paper embedding, released concat)")
-    g.add_argument("--blurry-range", choices=list(BLURRY_RANGES), default=None,
+    g.add_argument("--blurry-range", choices=BLURRY_RANGES, default=None,
                    help="range the blurry image enters the VAE in: signed [-1, 1] or unit [0, 1] "
                         "(recipe: paper signed, released unit)")
-    g.add_argument("--posterior", choices=list(POSTERIORS), default=None,
+    g.add_argument("--posterior", choices=POSTERIORS, default=None,
                    help="latents from the VAE posterior: mode (mean) or sample (recipe: paper mode, released sample)")
-    g.add_argument("--lkpn-zero-init", choices=list(ZERO_INITS), default=None,
+    g.add_argument("--lkpn-zero-init", choices=ZERO_INITS, default=None,
                    help="zero-initialised LKPN layers: output (the output conv) or residual-branches (also every "
                         "ResBlock's conv2 and attention proj_out) (recipe: paper output, released residual-branches)")
-    g.add_argument("--timestep-spacing", choices=list(SPACINGS), default=None,
+    g.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS, default=None,
                    help="sampler timestep spacing for validation, recorded in the checkpoint for infer "
                         "(recipe: paper = the scheduler's own, released linspace)")
     g.add_argument("--attention-window", metavar="PX", type=_positive_int, default=None,
                    help="attention in windows of PX latent pixels (halved per level in the UNets), as the released "
                         "code; only latents larger than PX are affected (recipe: paper global, released 64)")
-    g.add_argument("--eps-loss-weight", metavar="W", type=_nonneg_float, default=1.0, help="weight of mse(eps_pred, eps) (default 1)")
-    g.add_argument("--latent-loss-weight", metavar="W", type=_nonneg_float, default=1.0, help="weight of mse(z_s, z0) (default 1)")
+    g.add_argument("--eps-loss-weight", metavar="W", type=_nonneg_float, default=1.0,
+                   help="weight of mse(eps_pred, eps)")
+    g.add_argument("--latent-loss-weight", metavar="W", type=_nonneg_float, default=1.0,
+                   help="weight of mse(z_s, z0)")
     g.add_argument("--pixel-loss-weight", metavar="W", type=_nonneg_float, default=0.0,
-                   help="weight of the paper's pixel loss through the frozen decoder (default 0 = off)")
+                   help="weight of the paper's pixel loss through the frozen decoder; 0 = off")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", metavar="B", type=_positive_int, default=None,
@@ -220,10 +228,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", metavar="WD", type=_nonneg_float, default=None,
                    help="(recipe: paper 0, released 0.01)")
     g.add_argument("--lr-warmup", type=_nonneg_int, default=0, metavar="STEPS",
-                   help="linear warm-up steps, then constant (default 0)")
+                   help="linear warm-up steps, then constant")
     g.add_argument("--lr-decay", choices=["none", "cosine"], default="none",
-                   help="after the warm-up: none = constant (default, as both papers), cosine = decay to 0 at "
-                        "--max-steps (short runs such as the CPU demo; resume with the same --max-steps)")
+                   help="after the warm-up: none = constant (as both papers), cosine = decay to 0 at --max-steps "
+                        "(short runs such as the CPU demo; resume with the same --max-steps)")
     g.add_argument("--max-grad-norm", metavar="NORM", type=_nonneg_float, default=None,
                    help="gradient clipping, 0 = off (recipe: paper 1, released 0)")
     g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
@@ -236,17 +244,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--seed", metavar="S", type=int, default=0, help="seeds the new weights, the data order, crops and noise")
 
     g = p.add_argument_group("output")
-    g.add_argument("--output-dir", required=True, metavar="D", help="run directory (metrics, checkpoints, final/)")
-    g.add_argument("--checkpoint-every", metavar="N", type=_nonneg_int, default=1000, help="steps between checkpoints, 0 = only at the end")
-    g.add_argument("--keep-checkpoints", metavar="K", type=_nonneg_int, default=3, help="newest checkpoints kept, 0 = all (default 3)")
+    g.add_argument("--output-dir", required=True, metavar="D", help="run directory (metrics, checkpoints, val/, final/)")
+    g.add_argument("--checkpoint-every", metavar="N", type=_nonneg_int, default=1000,
+                   help="steps between checkpoints; 0 = only at the end")
+    g.add_argument("--keep-checkpoints", metavar="K", type=_nonneg_int, default=3, help="newest checkpoints kept; 0 = all")
     g.add_argument("--resume", metavar="latest|PATH",
                    help="continue from the newest complete checkpoint in --output-dir (latest; starts fresh if "
                         "there is none) or from the checkpoint directory PATH")
-    g.add_argument("--log-every", metavar="N", type=_positive_int, default=10, help="steps per metrics.jsonl line (default 10)")
-    g.add_argument("--val-every", metavar="N", type=_nonneg_int, default=1000, help="steps between validations, 0 = off (default 1000)")
-    g.add_argument("--val-count", metavar="N", type=_positive_int, default=4, help="val pairs (the first by key) (default 4)")
-    g.add_argument("--val-steps", metavar="N", type=_positive_int, default=20, help="DDIM steps of the validation sampler (default 20)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--log-every", metavar="N", type=_positive_int, default=10,
+                   help="steps per metrics.jsonl line (each line holds the means over its steps)")
+    g.add_argument("--val-every", metavar="N", type=_nonneg_int, default=1000,
+                   help="steps between validations, and one at the end of the run; 0 = off")
+    g.add_argument("--val-count", metavar="N", type=_positive_int, default=4,
+                   help="validation pairs: the first by key of the val split (of the train split if there is none)")
+    g.add_argument("--val-steps", metavar="N", type=_positive_int, default=20, help="DDIM steps of the validation sampler")
+    g.add_argument("--quiet", action="store_true", help="no progress bar (the summary is still printed)")
     add_msgd_arguments(p)
     return p
 
@@ -264,13 +276,15 @@ def main_for_tests(argv: list[str]) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """The ``train`` command: returns 0; bad inputs raise ``ValueError``/``FileNotFoundError``."""
-    try:
-        train(args)
-    except KeyboardInterrupt:
-        print(f"deblurdiff train: interrupted — re-run with --resume latest to continue from the newest "
-              f"checkpoint in {args.output_dir}", file=sys.stderr)
-        return 130
+    """The ``train`` command: 0 when it finished, 1 if every step of this run was skipped as
+    non-finite (the weights did not change); bad inputs raise ``ValueError``/``FileNotFoundError``."""
+    result = train(args)
+    ran = result.state.step - result.start_step
+    if ran and result.skipped_this_run == ran:
+        print(f"train: every one of the {ran} step(s) of this run had a non-finite loss or gradient and was "
+              "skipped — the weights did not change; lower --lr, try --mixed-precision no, or check the "
+              "manifest's images", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -586,8 +600,29 @@ def ssim(a, b) -> float:
     return float(structural_similarity(a, b, channel_axis=2, data_range=1.0))
 
 
+def captioned_row(panels: list, captions: list[tuple[str, str]]):
+    """``H×W×3`` float images side by side, each over a black strip with two lines of white text
+    (``captions[i]``), scaled to fit the panel's width; returns ``(H + strip)×(n W)×3`` float32."""
+    import cv2
+    import numpy as np
+
+    h, w = panels[0].shape[:2]
+    font, thick = cv2.FONT_HERSHEY_SIMPLEX, 1
+    widest = max(cv2.getTextSize(t, font, 1.0, thick)[0][0] for pair in captions for t in pair)
+    scale = min(0.6 * max(1.0, w / 512), max(0.25, (w - 4) / max(widest, 1)))
+    line = cv2.getTextSize("Ag", font, scale, thick)[0][1] + 4
+    out = []
+    for panel, pair in zip(panels, captions):
+        strip = np.zeros((2 * line + 4, w, 3), np.uint8)
+        for k, text in enumerate(pair):
+            cv2.putText(strip, text, (2, (k + 1) * line), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+        out.append(np.concatenate([np.asarray(panel, np.float32), strip.astype(np.float32) / 255], axis=0))
+    return np.concatenate(out, axis=1)
+
+
 def validate(accelerator, model, val_set, step: int, args, out_dir: Path) -> dict:
-    """Sample the validation pairs, write side-by-side PNGs, return mean PSNR/SSIM (main process)."""
+    """Sample the validation pairs, write blurry | output | sharp PNGs captioned with the blurry and
+    output panels' PSNR (dB) and SSIM against the sharp one; return the means (main process)."""
     import numpy as np
     import torch
 
@@ -618,7 +653,11 @@ def validate(accelerator, model, val_set, step: int, args, out_dir: Path) -> dic
                 scores["psnr_blurry"].append(psnr(b, s))
                 scores["ssim_blurry"].append(ssim(b, s))
                 name = re.sub(r"[^A-Za-z0-9._-]+", "_", it["key"]) + ".png"
-                write_bytes_atomic(step_dir / name, encode_image(np.concatenate([b, o, s], axis=1)))
+                sheet = captioned_row([b, o, s], [
+                    (f"blurry {scores['psnr_blurry'][-1]:.2f} dB", f"SSIM {scores['ssim_blurry'][-1]:.3f}"),
+                    (f"output {scores['psnr'][-1]:.2f} dB", f"SSIM {scores['ssim'][-1]:.3f}"),
+                    ("sharp", "(reference)")])
+                write_bytes_atomic(step_dir / name, encode_image(sheet))
     model.train()
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
@@ -631,11 +670,12 @@ class TrainResult:
     model: object  # the trained DeblurDiff (unwrapped)
     state: TrainState
     start_step: int
-    final_loss: float | None
+    final_loss: float | None  # the last logged loss: the mean over the last --log-every steps (finite ones)
     output_dir: Path
     final_dir: Path | None
     checkpoint: Path | None
     seconds: float
+    skipped_this_run: int = 0  # steps of this run (not of the resumed ones) skipped as non-finite
 
 
 def _check_args(args) -> bool:
@@ -715,8 +755,9 @@ def train(args: argparse.Namespace) -> TrainResult:
             val_pairs, val_note = pairs, " (no val split in the manifests: using the first train pairs)"
         val_set = FixedPairs(val_pairs, args.resolution, args.val_count)
         if main:
-            print(f"deblurdiff train: validating on {len(val_set)} pair(s) every {args.val_every} steps"
-                  f"{val_note}", file=sys.stderr)
+            when = (f"every {args.val_every} steps and at the end of the run" if args.val_every < args.max_steps
+                    else f"at the end of the run (step {args.max_steps}; --val-every {args.val_every})")
+            print(f"deblurdiff train: validating on {len(val_set)} pair(s) {when}{val_note}", file=sys.stderr)
 
     # -- model ------------------------------------------------------------------------------
     if msgd:  # the MSGD family (deblurdiff.msgd): pixel space, no frozen parts, all of it trains
@@ -784,7 +825,8 @@ def train(args: argparse.Namespace) -> TrainResult:
     loss_kwargs = {}  # MSGD: the optimizer step, for its denoising-weight ramp
     sums = torch.zeros(len(keys) + 1, dtype=torch.float64)  # finite step means + count, since the last log
     t_log, samples_log = time.perf_counter(), state.samples
-    last_loss, grad_norm = None, float("nan")
+    last_logged, grad_norm = None, float("nan")  # last_logged: (mean loss, its first step, its last step)
+    skipped_at_start, logged_from = state.skipped_nonfinite, state.step + 1
     last_ckpt = None
     is_fp16 = args.mixed_precision == "fp16"
     try:
@@ -829,7 +871,6 @@ def train(args: argparse.Namespace) -> TrainResult:
             if not skip:  # skipped steps stay out of the logged means (all processes agree on skip)
                 sums[:-1] += step_vals
                 sums[-1] += 1
-                last_loss = float(step_vals[0])
             bar.update(1)
 
             if state.step % args.log_every == 0 or state.step == args.max_steps:
@@ -846,12 +887,15 @@ def train(args: argparse.Namespace) -> TrainResult:
                     "padded_samples": state.padded_samples, "elapsed_s": now - t_start,
                 })
                 metrics.write(rec)
+                if n:
+                    last_logged = (rec["loss"], logged_from, state.step)
+                logged_from = state.step + 1
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rate:.1f}", refresh=False)
                 sums.zero_()
                 t_log, samples_log = now, state.samples
 
             t_pause = time.perf_counter()  # validation and checkpoints do not count in samples/s
-            if val_set is not None and state.step % args.val_every == 0:
+            if val_set is not None and (state.step % args.val_every == 0 or state.step == args.max_steps):
                 if main:
                     scores = validate(accelerator, accelerator.unwrap_model(loss_module).model, val_set,
                                       state.step, args, out)
@@ -867,7 +911,8 @@ def train(args: argparse.Namespace) -> TrainResult:
 
     final_dir = None
     if main:
-        final_dir = model.save_pretrained(out / "final")
+        model.save_pretrained(out / "final")
+        final_dir = out / "final"  # as given on the command line, like every path of the summary
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t_start
     if main:
@@ -877,11 +922,18 @@ def train(args: argparse.Namespace) -> TrainResult:
                      f"{'padded' if pairs.small_policy == 'pad' else 'skipped'}"
                      + (f" ({state.padded_samples} padded samples seen)" if pairs.small_policy == "pad" else ""))
         ran = state.step - start_step
-        loss_txt = f"{last_loss:.4f}" if last_loss is not None else "n/a"
+        if last_logged is None:
+            loss_txt = "final loss n/a (no finite step logged in this run)"
+        else:
+            loss, first, last = last_logged
+            span = f"step {last}" if first == last else f"steps {first}-{last}"
+            loss_txt = f"final loss {loss:.4f} (mean of {span}, as logged)"
         print(
-            f"train: {ran} steps ({start_step} -> {state.step}) in {seconds:.1f} s, final loss {loss_txt}, "
+            f"train: {ran} steps ({start_step} -> {state.step}) in {seconds:.1f} s, {loss_txt}, "
             f"{state.skipped_nonfinite} skipped non-finite, {state.skipped_overflow} fp16 overflow, "
             f"{len(pairs)} train pairs from {len(pairs.counts)} manifest(s){small} -> {final_dir}"
             + (f" (checkpoint {last_ckpt})" if last_ckpt else "")
         )
-    return TrainResult(model, state, start_step, last_loss, out, final_dir, last_ckpt, seconds)
+    final_loss = last_logged[0] if last_logged is not None else None
+    return TrainResult(model, state, start_step, final_loss, out, final_dir, last_ckpt, seconds,
+                       state.skipped_nonfinite - skipped_at_start)

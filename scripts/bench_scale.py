@@ -1,22 +1,25 @@
 """Per-core cost of every blurforge path and the core-hours of the paper's ~500k-pair mix, before/after.
 
-    python scripts/bench_scale.py --baseline /path/to/old/checkout      # before/after in one run
+    python scripts/bench_scale.py --baseline /path/to/old/checkout      # before/after in one run (~10 min)
+    python scripts/bench_scale.py --baseline /path/to/old/checkout --quick   # smoke run (~2 min)
     python scripts/bench_scale.py --scaling                              # + 1/2 workers, local/Ray
 
-The same inputs (1280×720 photos from scikit-image, a 63×63 kernel bank, a 1280×720 FFV1 clip, a
-folder of existing pairs) go through each path in one single-threaded worker process
+The same inputs (1280×720 photos from scikit-image, a 63×63 kernel bank, 1280×720 clips in each of
+``--codecs``, a folder of existing pairs) go through each path in one single-threaded worker process
 (``cv2.setNumThreads(1)``, as in the process pool): ``synthesize`` uniform, ``synthesize --mode
-nonuniform`` (classical segmenter), ``frames --window 5 --interpolate 15 --stride 5`` (REDS-like)
-and ``build-manifest --import`` (hashing). Its cost is the process's CPU time per pair (all its
-threads, e.g. the video decoder's), after an untimed warm-up of every path; the versions (this
-checkout and, with ``--baseline DIR``, the blurforge in DIR, each in its own interpreter) alternate
-``--repeats`` times and each keeps its lowest. CPU time is what a core-hour budget counts, and it
-is far less disturbed by other load on a shared machine than wall time. The mix:
-100k uniform + 100k non-uniform + 200k REDS-like + 100k imports; core-hours = Σ pairs × CPU s/pair
-/ 3600, i.e. assuming the per-core cost holds when every core runs a worker (``--scaling`` shows
-how 2 workers do).
+nonuniform`` (classical segmenter), ``frames --window 5 --interpolate 15 --stride 5`` (REDS-like,
+once per clip codec) and ``build-manifest --import`` (hashing). Its cost is the process's CPU time
+per pair (all its threads: the video decoder's, the PNG writers'), after an untimed warm-up of every
+path; the versions (this checkout and, with ``--baseline DIR``, the blurforge in DIR, each in its
+own interpreter) alternate ``--repeats`` times and each keeps its lowest. CPU time is what a
+core-hour budget counts, and it is far less disturbed by other load on a shared machine than wall
+time. The mix: 100k uniform + 100k non-uniform + 200k REDS-like + 100k imports; core-hours = Σ pairs
+× CPU s/pair / 3600, i.e. assuming the per-core cost holds when every core runs a worker
+(``--scaling`` shows how 2 workers do). The clips are a noisy pan (``bench_frames.write_clip``);
+the first codec of ``--codecs`` (default H.264, what cameras and phones record) prices the mix, and
+the REDS-like row and the mix total are repeated for the others (MJPEG; FFV1, lossless, whose
+decoding alone costs ~10× more).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -32,16 +35,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_frames import CODECS  # noqa: E402 — the clip codecs and their writer
 MIX = {"uniform": 100_000, "nonuniform": 100_000, "frames REDS-like": 200_000, "imports": 100_000}
+REDS = "frames REDS-like"  # measured once per clip codec: "frames REDS-like h264", ...
 
 
 def make_inputs(root: Path, images: int, width: int, height: int, kernel_size: int, frames: int,
-                imports: int, fourcc: str = "FFV1", ext: str = "mkv") -> dict:
+                imports: int, codecs: tuple[str, ...] = ("h264",)) -> dict:
     import cv2
     import numpy as np
     from skimage import data
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from bench_frames import write_clip
 
     from blurforge.kernels import generate_bank, write_bank
@@ -55,9 +60,11 @@ def make_inputs(root: Path, images: int, width: int, height: int, kernel_size: i
         cv2.imwrite(str(photos / f"p{i:03d}.png"), np.roll(img, 7 * i, axis=1)[..., ::-1])
     bank = root / "kernels.parquet"
     write_bank(generate_bank(256, seed=0, size=kernel_size, progress=False, workers=1), bank)
-    videos = root / "videos"
-    videos.mkdir()
-    write_clip(videos / f"clip.{ext}", width, height, frames, fourcc)
+    videos = {}
+    for codec in codecs:  # one folder per codec, one clip in each
+        videos[codec] = root / "videos" / codec
+        videos[codec].mkdir(parents=True)
+        write_clip(videos[codec] / "clip", width, height, frames, codec)
     pairs = root / "pairs" / "train" / "seq0"  # GoPro layout: SEQ/blur/*.png + SEQ/sharp/*.png
     for d in ("blur", "sharp"):
         (pairs / d).mkdir(parents=True)
@@ -65,7 +72,8 @@ def make_inputs(root: Path, images: int, width: int, height: int, kernel_size: i
         img = cv2.imread(str(photos / f"p{i % images:03d}.png"))
         cv2.imwrite(str(pairs / "sharp" / f"{i:06d}.png"), img)
         cv2.imwrite(str(pairs / "blur" / f"{i:06d}.png"), cv2.blur(img, (9, 1)))
-    return {"photos": str(photos), "bank": str(bank), "videos": str(videos), "pairs": str(root / "pairs")}
+    return {"photos": str(photos), "bank": str(bank), "videos": {c: str(v) for c, v in videos.items()},
+            "pairs": str(root / "pairs")}
 
 
 def measure(inputs: dict, out: Path) -> dict:
@@ -77,7 +85,8 @@ def measure(inputs: dict, out: Path) -> dict:
     from blurforge.synthesize import run_synthesize
 
     cv2.setNumThreads(1)
-    photos, bank, videos = Path(inputs["photos"]), Path(inputs["bank"]), Path(inputs["videos"])
+    photos, bank = Path(inputs["photos"]), Path(inputs["bank"])
+    videos = {codec: Path(v) for codec, v in inputs["videos"].items()}
 
     def uniform(o):
         return run_synthesize(photos, bank, o, seed=0, workers=1, progress=False).pairs
@@ -86,8 +95,9 @@ def measure(inputs: dict, out: Path) -> dict:
         return run_synthesize(photos, bank, o, seed=0, workers=1, progress=False, mode="nonuniform",
                               segmenter="classical").pairs
 
-    def reds(o):
-        return run_frames(videos, o, seed=0, window=5, interpolate=15, stride=5, progress=False).pairs
+    def reds(codec):
+        return lambda o: run_frames(videos[codec], o, seed=0, window=5, interpolate=15, stride=5,
+                                    progress=False).pairs
 
     def imports(o):
         o.mkdir(parents=True)
@@ -95,11 +105,14 @@ def measure(inputs: dict, out: Path) -> dict:
                     "--quiet"]) == 0
         return inputs["n_imports"]
 
-    paths = {"uniform": uniform, "nonuniform": nonuniform, "frames REDS-like": reds, "imports": imports}
+    paths = {"uniform": uniform, "nonuniform": nonuniform, **{f"{REDS} {c}": reds(c) for c in videos},
+             "imports": imports}
     warm = out / "warm-up"  # imports, caches; a cheap frames job
     run_synthesize(photos, bank, warm / "u", seed=0, workers=1, progress=False)
-    run_synthesize(photos, bank, warm / "n", seed=0, workers=1, progress=False, mode="nonuniform")
-    run_frames(videos, warm / "f", seed=0, window=3, interpolate=1, stride=20, progress=False)
+    run_synthesize(photos, bank, warm / "n", seed=0, workers=1, progress=False, mode="nonuniform",
+                   segmenter="classical")
+    for codec, folder in videos.items():
+        run_frames(folder, warm / f"f-{codec}", seed=0, window=3, interpolate=1, stride=20, progress=False)
     imports(warm / "i")
     result = {}
     for name, fn in paths.items():
@@ -166,48 +179,77 @@ def scaling(inputs: dict, root: Path, backends: list[str]) -> None:
               f"{'yes' if same else 'NO':>11}")
 
 
-def print_mix_table(best: dict[str, dict], versions: list[str]) -> None:
-    """Per path: CPU s per pair, pairs/s per core and core-hours of its share of the mix, per version."""
+def print_mix_table(best: dict[str, dict], versions: list[str], codecs: list[str]) -> dict[str, float]:
+    """Per path: CPU s per pair, pairs/s per core and core-hours of its share of the mix, per version;
+    the REDS-like share with the first codec's clip, then that row and the mix total with each other
+    codec's clip. Returns the mix's core-hours per version (first codec)."""
     cells = [("s/pair", 14, "{:.3f}"), ("pairs/s/core", 19, "{:.2f}"), ("core-h", 13, "{:.1f}")]
-    head = f"| {'path':<17} | {'mix pairs':>9} |" + "".join(
+    head = f"| {'path':<30} | {'mix pairs':>9} |" + "".join(
         f" {v + ' ' + name:>{w}} |" for v in versions for name, w, _ in cells)
     compare = "before" in versions
     head += f" {'speed-up':>8} |" if compare else ""
     print(head)
     print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
-    totals = dict.fromkeys(versions, 0.0)
-    for path, n in [*MIX.items(), ("500k mix", sum(MIX.values()))]:
-        line = f"| {path:<17} | {n:>9,} |"
-        cost = {}
+
+    def cost(v: str, path: str) -> float:
+        return best[v][path]["cpu"] / best[v][path]["pairs"]
+
+    def line(label: str, n: int, per_pair: dict[str, float | None], hours: dict[str, float]) -> None:
+        text = f"| {label:<30} | {n:>9,} |"
         for v in versions:
-            if path in MIX:
-                cost[v] = best[v][path]["cpu"] / best[v][path]["pairs"]
-                totals[v] += n * cost[v] / 3600
-                values = (cost[v], 1 / cost[v], n * cost[v] / 3600)
-            else:  # the total row: core-hours only; its speed-up compares the totals
-                cost[v] = totals[v]
-                values = (None, None, totals[v])
-            line += "".join(f" {'' if x is None else fmt.format(x):>{w}} |" for x, (_, w, fmt) in zip(values, cells))
-        line += f" {cost['before'] / cost['after']:>7.2f}x |" if compare else ""
-        print(line)
+            c = per_pair[v]
+            values = (c, None if c is None else 1 / c, hours[v])
+            text += "".join(f" {'' if x is None else fmt.format(x):>{w}} |" for x, (_, w, fmt) in zip(values, cells))
+        if compare:
+            ratio = (per_pair["before"] / per_pair["after"]) if per_pair["after"] else hours["before"] / hours["after"]
+            text += f" {ratio:>7.2f}x |"
+        print(text)
+
+    def mix_rows(codec: str, show_rest: bool) -> dict[str, float]:
+        totals = dict.fromkeys(versions, 0.0)
+        for path, n in MIX.items():
+            key = f"{REDS} {codec}" if path == REDS else path
+            per_pair = {v: cost(v, key) for v in versions}
+            hours = {v: n * per_pair[v] / 3600 for v in versions}
+            for v in versions:
+                totals[v] += hours[v]
+            if show_rest or path == REDS:
+                line(f"{REDS} ({codec} clip)" if path == REDS else path, n, per_pair, hours)
+        line(f"500k mix ({codec} clip)", sum(MIX.values()), dict.fromkeys(versions), totals)
+        return totals
+
+    totals = mix_rows(codecs[0], True)
+    for codec in codecs[1:]:
+        mix_rows(codec, False)
+    return totals
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
     ap.add_argument("--baseline", metavar="DIR", help="a checkout of the code to compare against (before)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: 2 photos, an 11-frame clip (2 REDS-like pairs), 8 imports, the first codec only, one pass")
     ap.add_argument("--images", type=int, default=6, help="sharp photos (one uniform and one non-uniform pair each)")
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--kernel-size", type=int, default=63)
-    ap.add_argument("--frames", type=int, default=26, help="frames of the clip (REDS-like pairs: (frames - 1) // 5)")
+    ap.add_argument("--frames", type=int, default=51,
+                    help="frames of each clip (REDS-like pairs: (frames - 1) // 5; REDS clips have 100)")
     ap.add_argument("--imports", type=int, default=24, help="pairs in the imported folder")
-    ap.add_argument("--fourcc", default="FFV1", help="codec of the clip (FFV1: lossless, slow to decode; MJPG, mp4v)")
-    ap.add_argument("--ext", default="mkv", help="container of the clip (mkv for FFV1, avi for MJPG, mp4 for mp4v)")
-    ap.add_argument("--repeats", type=int, default=1, help="alternating passes per version (lowest CPU kept)")
+    ap.add_argument("--codecs", default="h264,mjpeg,ffv1",
+                    help=f"clip codecs, comma-separated, from {', '.join(CODECS)}; the first one prices the mix "
+                         "(h264: what cameras and phones record; ffv1: lossless, ~10x slower to decode)")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating passes per version (lowest CPU kept)")
     ap.add_argument("--scaling", action="store_true", help="also time 1 and 2 workers, local and Ray")
     ap.add_argument("--backends", default="local,ray")
     args = ap.parse_args(argv)
+    codecs = args.codecs.split(",")
+    if args.quick:
+        args.images, args.frames, args.imports, args.repeats, codecs = 2, 11, 8, 1, codecs[:1]
+    unknown = [c for c in codecs if c not in CODECS]
+    if unknown:
+        ap.error(f"--codecs: unknown {', '.join(unknown)} — choose from {', '.join(CODECS)}")
     sys.path.insert(0, str(REPO))
 
     versions = {"after": REPO}
@@ -216,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
         inputs = make_inputs(root / "in", args.images, args.width, args.height, args.kernel_size, args.frames,
-                             args.imports, args.fourcc, args.ext)
+                             args.imports, tuple(codecs))
         inputs["n_imports"] = args.imports
         load = os.getloadavg()[0]
+        started = time.perf_counter()
         best: dict[str, dict] = {v: {} for v in versions}
         for rep in range(args.repeats):
             for name, code_root in versions.items():
@@ -229,14 +272,17 @@ def main(argv: list[str] | None = None) -> int:
         cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                           if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
             else platform.processor()
-        print(f"\n{args.width}x{args.height}, {args.kernel_size}x{args.kernel_size} kernels, {args.fourcc} clip; "
-              f"one single-threaded worker; "
-              f"CPU s per pair, lowest of {args.repeats}; machine: {cpu_model}, {os.cpu_count()} CPUs, "
-              f"load average {load[0]:.1f} -> {load[1]:.1f}")
-        print_mix_table(best, list(versions))
-        totals = {v: sum(n * best[v][p]["cpu"] / best[v][p]["pairs"] for p, n in MIX.items()) / 3600 for v in versions}
-        print(f"\nthe 500k mix ≈ {totals['after']:.0f} core-hours: hours ≈ {totals['after']:.0f} / "
-              f"(N nodes × C cores × efficiency)")
+        print(f"\n{args.width}x{args.height}, {args.kernel_size}x{args.kernel_size} kernels, clips: "
+              + "; ".join(f"{c} ({CODECS[c][1]}, {args.frames} frames)" for c in codecs)
+              + f"; one single-threaded worker; CPU s per pair (all the process's threads), lowest of {args.repeats}; "
+              f"machine: {cpu_model}, {os.cpu_count()} CPUs, load average {load[0]:.1f} -> {load[1]:.1f}; "
+              f"measured in {time.perf_counter() - started:.0f} s")
+        for v, root_dir in versions.items():
+            print(f"  {v}: {root_dir}")
+        totals = print_mix_table(best, list(versions), codecs)
+        print(f"\nthe 500k mix ({codecs[0]} clips) ≈ {totals['after']:.0f} core-hours"
+              + (f" (before: {totals['before']:.0f}, {totals['before'] / totals['after']:.2f}x)" if "before" in totals
+                 else "") + f": hours ≈ {totals['after']:.0f} / (N nodes × C cores × efficiency)")
         if args.scaling:
             scaling(inputs, root / "scaling", args.backends.split(","))
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,31 @@ def pairs_dir(photos_dir, small_bank, tmp_path_factory) -> Path:
     assert main(["synthesize", "--sharp", str(photos_dir), "--kernels", str(small_bank), "--out", str(out),
                  "--seed", "1", "--pairs-per-image", "2", "--quiet"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and on a shared 2-core machine
+    OpenMP's spinning threads can slow a step down many times over."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each training run in this process builds its own Accelerator (mixed precision differs between tests)."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
+def option_helps(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's help text as --help prints it (``%(default)s`` expanded), by option name."""
+    formatter = parser._get_formatter()
+    return {"/".join(a.option_strings) or a.dest: formatter._expand_help(a) for a in parser._actions if a.help}

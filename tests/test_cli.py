@@ -19,7 +19,7 @@ import pytest
 
 from blurforge import commands
 from blurforge.cli import build_parser, main
-from conftest import photo, write_png
+from conftest import option_helps, photo, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -299,6 +299,16 @@ def test_progress_counts_pairs_while_shards_run(photos_dir, small_bank, tmp_path
     assert by_shard == {"shard-00000": [1, 2, 3], "shard-00001": [1, 2, 3], "shard-00002": [1, 2]}
 
 
+def test_a_long_clip_shows_its_pairs_while_it_runs(tmp_path, monkeypatch):
+    rec = _Recorder(monkeypatch)
+    make_clip(tmp_path / "v" / "a.avi", frames=10)
+    assert commands.frames(videos=str(tmp_path / "v"), out=str(tmp_path / "o"), window="3", stride=1, workers=1,
+                           decoder="av") == 0
+    # one clip, 8 windows: the pair count moves pair by pair before the clip is counted done
+    assert [r[1:3] for r in rec.reports] == [(0, n) for n in range(1, 9)] + [(1, 8)]
+    assert rec.bars[0].bar.n == 1
+
+
 def test_progress_settles_shards_that_report_nothing_or_fail():
     """A Ray task reports nothing until its shard is done; a failed attempt's items are taken back."""
     from blurforge.shards import ShardTask, _Progress
@@ -318,11 +328,6 @@ def test_progress_settles_shards_that_report_nothing_or_fail():
 
 
 # ------------------------------------------------------------------------------------ --help
-
-
-def option_helps(parser: argparse.ArgumentParser) -> dict[str, str]:
-    formatter = parser._get_formatter()
-    return {"/".join(a.option_strings) or a.dest: formatter._expand_help(a) for a in parser._actions if a.help}
 
 
 def test_help_shows_each_default_once_and_only_when_it_means_something():
@@ -458,3 +463,22 @@ def test_demo_runs_resumes_and_names_every_errors_table(tmp_path, capsys):
                                         "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120,
                                        env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout)
     assert merged["errors"]["inputs"] == 1 and merged["errors"]["count"] == 4
+
+
+def run_into_a_closed_pipe(*argv: str) -> subprocess.CompletedProcess:
+    """Run ``python -m ARGV`` with its stdout a pipe whose reader has already gone ('... | head')."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run([sys.executable, "-m", *argv], stdout=w, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        os.close(w)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(photos_dir, small_bank, tmp_path):
+    assert synth(photos_dir, small_bank, tmp_path / "o") == 0
+    proc = run_into_a_closed_pipe("blurforge", "inspect", str(tmp_path / "o"), "--json")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    proc = run_into_a_closed_pipe("deblurdiff", "describe", "--preset", "msgd-tiny")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

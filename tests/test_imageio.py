@@ -328,3 +328,26 @@ def test_png_settings_name_the_encoder_and_check_the_level():
     for bad in (-1, 13, 1.5, True):
         with pytest.raises(ValueError, match="--png-level"):
             png_settings(bad)
+
+
+def test_png_compression_off_the_gil_gives_the_packages_bytes(rgb, monkeypatch):
+    # The zlib stream is made by libdeflate called through ctypes (so PNGs can be written on threads);
+    # it must be byte for byte what the deflate package's own wrapper gives, at every level, and the
+    # fallback (the wrapper itself) must write the same files.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import deflate
+
+    from blurforge import imageio
+
+    noisy = np.random.default_rng(5).integers(0, 256, (64, 96, 3)).astype(np.uint8)
+    for data in (rgb, noisy, np.zeros((3, 1000, 3), np.uint8)):
+        flat = np.ascontiguousarray(data).reshape(-1)
+        for level in range(13):
+            assert imageio._zlib_compress(flat, level) == bytes(deflate.zlib_compress(flat.tobytes(), level))
+    images = [rgb, noisy, rgb[::2], noisy[:, ::-1]]
+    serial = [encode_image(im) for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(encode_image, images * 4)) == serial * 4
+    monkeypatch.setattr(imageio, "_libdeflate", lambda: None)
+    assert [encode_image(im) for im in images] == serial

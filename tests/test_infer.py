@@ -77,7 +77,7 @@ def test_refuses_to_write_into_the_input_folder(ckpt, inputs):
     for out in (inputs, inputs / "sub"):
         with pytest.raises(ValueError, match="input folder"):
             infer("--checkpoint", ckpt, "--input", inputs, "--output", out)
-    with pytest.raises(ValueError, match="input folder"):
+    with pytest.raises(ValueError, match="would overwrite the input"):  # a single file may go beside itself, not over
         infer("--checkpoint", ckpt, "--input", inputs / "astronaut.png", "--output", inputs)
     assert {p: digest(p) for p in inputs.rglob("*.png")} == before
 
@@ -85,13 +85,13 @@ def test_refuses_to_write_into_the_input_folder(ckpt, inputs):
 def test_unreadable_inputs_reported_and_skipped(ckpt, inputs, tmp_path, capsys):
     (inputs / "broken.png").write_bytes(b"not an image")
     rc = infer("--checkpoint", ckpt, "--input", inputs, "--output", tmp_path / "out", "--sampler", "ddim")
-    assert rc == 1
+    assert rc == 0  # partial success is success; the failure is listed and named
     assert (tmp_path / "out" / "astronaut.png").is_file() and (tmp_path / "out" / "sub" / "coffee.png").is_file()
     assert not (tmp_path / "out" / "broken.png").exists()
     failures = json.loads((tmp_path / "out" / "infer.json").read_text())["failures"]
     assert len(failures) == 1 and "broken.png" in failures[0]["input"]
     captured = capsys.readouterr()
-    assert "broken.png" in captured.err and "2 images, 1 failures" in captured.out
+    assert "broken.png" in captured.err and "2 of 3 image(s) deblurred, 1 failed" in captured.out
 
 
 def test_save_intermediates(ckpt, inputs, tmp_path):

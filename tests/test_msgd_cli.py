@@ -19,7 +19,8 @@ from deblurdiff.msgd_infer import MSGDDeblurrer, sample_images
 from deblurdiff.train import add_train_arguments, main_for_tests, train
 
 from conftest import perturb, photo, write_png
-from test_train import fresh_accelerate_state, one_thread  # noqa: F401  (autouse fixtures)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread", "fresh_accelerate_state")
 
 BASE = ["--preset", "msgd-tiny", "--resolution", "32", "--batch-size", "2", "--log-every", "1", "--val-every", "0",
         "--num-workers", "0", "--lr", "1e-3", "--quiet"]

@@ -404,6 +404,69 @@ def test_rle_rejects_garbage():
     with pytest.raises(ValueError, match="expected H\\*W"):
         rle_decode({"size": [4, 4], "counts": "13"})
 
+    for bad in ("1\x7f", "1" + chr(0x20 + 48), "é"):  # out of range, ends inside a value, not ASCII
+        with pytest.raises(ValueError, match="COCO RLE"):
+            rle_decode({"size": [4, 4], "counts": bad})
+
+
+def loop_counts_to_string(counts) -> str:
+    """pycocotools' rleToString, value by value (the reference for the vectorised codec)."""
+    out = []
+    for i, c in enumerate(counts):
+        x = int(c) - (int(counts[i - 2]) if i > 2 else 0)
+        more = True
+        while more:
+            chunk = x & 0x1F
+            x >>= 5
+            more = x != -1 if chunk & 0x10 else x != 0
+            out.append(chr((chunk | 0x20 if more else chunk) + 48))
+    return "".join(out)
+
+
+def loop_string_to_counts(s: str) -> list[int]:
+    """pycocotools' rleFrString, character by character."""
+    counts, p = [], 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        counts.append(x + (counts[-2] if len(counts) > 2 else 0))
+    return counts
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rle_strings_equal_the_value_by_value_codec(seed):
+    from blurforge.nonuniform import _counts_to_string, _string_to_counts
+
+    rng = np.random.default_rng(seed)
+    # run lengths from 0 to 2^40: one to eight groups, differences of either sign, every boundary
+    counts = np.concatenate([rng.integers(0, 40, 300), rng.integers(0, 2**40, 50), [0, 15, 16, 511, 512, 2**20],
+                             2 ** rng.integers(0, 40, 50) + rng.integers(-1, 2, 50)])
+    counts = rng.permutation(np.clip(counts, 0, None))
+    for n in (0, 1, 2, 3, 4, len(counts)):
+        s = loop_counts_to_string(counts[:n].tolist())
+        assert _counts_to_string(counts[:n]) == s
+        assert _string_to_counts(s).tolist() == loop_string_to_counts(s) == counts[:n].tolist()
+    mask = np.random.default_rng(seed).random((90, 70)) < 0.3
+    assert rle_encode(mask)["counts"] == loop_counts_to_string(rle_counts_of(mask))
+
+
+def rle_counts_of(mask: np.ndarray) -> list[int]:
+    """Column-major run lengths starting with a run of zeros, by walking the pixels."""
+    counts, value, run = [], False, 0
+    for v in mask.T.ravel():
+        if bool(v) != value:
+            counts.append(run)
+            value, run = bool(v), 0
+        run += 1
+    return counts + [run]
+
 
 # --------------------------------------------------------------------------- synthesize, end to end
 

@@ -20,34 +20,18 @@ from deblurdiff.model import DeblurDiff
 from deblurdiff.train import add_train_arguments, main_for_tests, train
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("torch_one_thread", "fresh_accelerate_state")
 BASE = ["--preset", "tiny", "--resolution", "32", "--batch-size", "2", "--log-every", "1", "--val-every", "0",
         "--num-workers", "0", "--quiet"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and on a shared 2-core machine
-    OpenMP's spinning threads can slow a step down many times over."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each run in this process builds its own Accelerator (mixed precision differs between tests)."""
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
 
 
 def parse(*argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(allow_abbrev=False)
     add_train_arguments(p)
-    return p.parse_args([str(a) for a in argv])
+    argv = [str(a) for a in argv]
+    if "--preset" not in argv:  # required on the command line; these tests are about DeblurDiff at SD size
+        argv += ["--preset", "sd21-base"]
+    return p.parse_args(argv)
 
 
 def run(manifest, out, *extra):
@@ -89,7 +73,8 @@ def test_loss_falls_when_overfitting_and_validation_writes_images(pairs_dir, tmp
     assert len(pngs) == 2
     import cv2
 
-    assert cv2.imread(str(pngs[0])).shape == (32, 96, 3)  # blurry | output | sharp
+    sheet = cv2.imread(str(pngs[0]))
+    assert sheet.shape[1:] == (96, 3) and sheet.shape[0] > 32  # blurry | output | sharp, a caption strip below
 
 
 def test_resume_continues_the_same_loss_curve(straight, pairs_dir, tmp_path):

@@ -24,6 +24,9 @@ def test_deblurdiff_demo_end_to_end(tmp_path, capsys):
     assert torch.get_num_threads() == threads  # --threads (default 1) holds for the demo only
     text = capsys.readouterr().out
     assert "demo: done" in text and "MSGD mean PSNR" in text and "pipeline check" in text
+    summary = text[text.rindex("\ndemo: done"):]  # the last line names every errors table it wrote
+    assert str(out / "data" / "manifest.errors.parquet") in summary
+    assert all(str(out / "data" / run / "errors") in summary for run in ("uniform", "uniform-rsblur", "nonuniform"))
     for png in ("results.png", "deblurdiff_check.png", "data/pairs.png", "data/kernels.png"):
         img = cv2.imread(str(out / png))
         assert img is not None and img.shape[0] > 50, png

@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from deblurdiff.cli import main as deblurdiff
-    from deblurdiff.demo import MSGD_TRAIN
+    from deblurdiff.demo import DEMO_MAX_SIDE, MSGD_TRAIN, run_command
     from deblurdiff.infer import InferSettings
 
     if args.threads:
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo_data:
         from blurforge.demo import run_demo
 
-        if run_demo(Path(args.demo_data), quiet=True, max_side=192):
+        if run_demo(Path(args.demo_data), quiet=True, max_side=DEMO_MAX_SIDE):
             return 1
         manifest = Path(args.demo_data) / "manifest.parquet"
     else:
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train_curve: {len(pairs)} held-out '{args.split}' pairs of {manifest}; trainer options "
           f"{' '.join(train_args + extra)}; {torch.get_num_threads()} thread(s)")
     t0 = time.perf_counter()
-    rc = deblurdiff(["train", "--manifest", str(manifest), *train_args, "--max-steps", str(args.steps),
+    rc = run_command(["train", "--manifest", str(manifest), *train_args, "--max-steps", str(args.steps),
                      "--output-dir", str(out / "train"), "--checkpoint-every", str(args.every),
                      "--keep-checkpoints", "0", "--log-every", str(args.every), "--val-every", "0",
                      "--num-workers", "0", "--seed", str(args.seed), "--quiet", *extra])

@@ -24,6 +24,9 @@ def test_deblurdiff_demo_end_to_end(tmp_path, capsys):
     assert torch.get_num_threads() == threads  # --threads (default 1) holds for the demo only
     text = capsys.readouterr().out
     assert "demo: done" in text and "MSGD mean PSNR" in text and "pipeline check" in text
+    summary = text[text.rindex("\ndemo: done"):]  # the last line names every errors table it wrote
+    assert str(out / "data" / "manifest.errors.parquet") in summary
+    assert all(str(out / "data" / run / "errors") in summary for run in ("uniform", "uniform-rsblur", "nonuniform"))
     for png in ("results.png", "deblurdiff_check.png", "data/pairs.png", "data/kernels.png"):
         img = cv2.imread(str(out / png))
         assert img is not None and img.shape[0] > 50, png
@@ -47,3 +50,14 @@ def test_deblurdiff_demo_end_to_end(tmp_path, capsys):
     assert all(float(r["psnr"]) == pytest.approx(float(r["psnr_input"]), abs=1.5) for r in msgd)
     # every source blurforge makes is in the manifest the models trained on
     assert set(m.table.column("source").to_pylist()) == {"uniform", "nonuniform", "frames"}
+
+
+def test_results_sheet_rows_are_evenly_spaced_by_key():
+    """The sheet's rows follow one rule whatever the scores: first, last and evenly between."""
+    from deblurdiff.demo import spread
+
+    items = [f"k{i:02d}" for i in range(71)]
+    # the rule, written independently: the items nearest to 12 evenly spaced positions
+    assert spread(items, 12) == [items[int(p + 0.5)] for p in [i * 70 / 11 for i in range(12)]]
+    assert spread(items[:5], 12) == items[:5]
+    assert spread(items, 1) == items[:1]

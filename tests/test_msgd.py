@@ -215,3 +215,23 @@ def test_training_fits_a_fixed_batch():
         opt.step()
     assert losses["loss_denoise"].item() < 0.5 * first["loss_denoise"]
     assert losses["loss_regression"].item() < 0.5 * first["loss_regression"]
+
+
+def test_the_demo_preset_starts_at_the_input_and_one_ddim_step_is_its_x0_prediction():
+    """msgd-cpu diffuses the residual over y with a zero-initialised output conv: untrained, its
+    1-step sample is the blurry input itself, so training can only move it from there. One DDIM
+    step from x_T returns the model's x0 prediction at t = T-1, mapped back to an image by hand."""
+    from deblurdiff.msgd_infer import sample_images
+
+    model = build_msgd("msgd-cpu", seed=0).eval()
+    blurry, _ = images(b=2, size=32)
+    with torch.no_grad():
+        assert torch.allclose(sample_images(model, blurry, 1, torch.Generator().manual_seed(0)), blurry, atol=1e-6)
+        torch.nn.init.normal_(model.unet.conv_out.weight, std=0.05)  # now it predicts a residual
+        out = sample_images(model, blurry, 1, torch.Generator().manual_seed(0), sampler="ddim")
+        y = blurry * 2 - 1
+        x_t = torch.randn(blurry.shape, generator=torch.Generator().manual_seed(0))
+        pred, _ = model.predict_eps(x_t, model.config.num_train_timesteps - 1, y)
+        by_hand = ((y + pred / model.config.residual_scale + 1) / 2).clamp(0, 1)
+    assert float((by_hand - blurry).abs().mean()) > 1e-3  # the check below is not the identity again
+    torch.testing.assert_close(out, by_hand, atol=1e-5, rtol=0)

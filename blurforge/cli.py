@@ -321,7 +321,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the command line itself (console script, python -m blurforge)
+        return _end_process(_main(list(sys.argv[1:])))
+    return _main(list(argv))
+
+
+def _end_process(status: int) -> int:
+    """Return ``status``; but after decord has been used, end the process here instead.
+
+    After a decoding error, decord's bundled decoder can abort the interpreter's final teardown
+    ("terminate called without an active exception", status 134) although every reader was
+    freed: the run's outputs are complete, its exit status would lie. So: run the exit handlers
+    (logging, multiprocessing), flush the console, and leave without the teardown."""
+    if "decord" not in sys.modules:
+        return status
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -124,16 +124,21 @@ class DecordClip(VideoClip):
         self._vr.seek(0)
         i = 0
         while True:
+            failure = None
             try:
-                frame = self._vr.next()
+                frame = self._vr.next().asnumpy()
             except StopIteration:
                 return
             except Exception as exc:
-                raise VideoError(
-                    f"{self.path}: decord failed at frame {i} ({_first_line(exc)}) — the stream is corrupt; "
-                    "re-encode or remove the clip", stage="decode"
-                ) from None
-            yield frame.asnumpy()
+                failure = _first_line(exc)
+            if failure is not None:
+                # raised outside the handler: decord's exception (whose traceback holds the reader)
+                # must not ride along as __context__. A reader kept alive that way is freed only at
+                # interpreter shutdown, where decord aborts the process after a decoding error
+                # ("terminate called without an active exception", exit status 134).
+                raise VideoError(f"{self.path}: decord failed at frame {i} ({failure}) — the stream is corrupt; "
+                                 "re-encode or remove the clip", stage="decode")
+            yield frame
             i += 1
 
     def read(self, index: int) -> np.ndarray:

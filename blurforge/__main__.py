@@ -1,5 +1,3 @@
-import sys
+from blurforge.cli import entry
 
-from blurforge.cli import main
-
-sys.exit(main())
+entry()

@@ -320,21 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the command line itself (console script, python -m blurforge)
-        return _end_process(_main(list(sys.argv[1:])))
-    return _main(list(argv))
+def entry() -> None:
+    """The ``blurforge`` console script and ``python -m blurforge``: :func:`main`, then the process
+    ends (:func:`_end_process`). Call :func:`main` to run a command inside a Python program."""
+    _end_process(main())
 
 
-def _end_process(status: int) -> int:
-    """Return ``status``; but after decord has been used, end the process here instead.
+def _end_process(status: int) -> None:
+    """End a command-line run with ``status`` after the exit handlers, without the interpreter's
+    teardown.
 
-    After a decoding error, decord's bundled decoder can abort the interpreter's final teardown
-    ("terminate called without an active exception", status 134) although every reader was
-    freed: the run's outputs are complete, its exit status would lie. So: run the exit handlers
-    (logging, multiprocessing), flush the console, and leave without the teardown."""
-    if "decord" not in sys.modules:
-        return status
+    After a decoding error, a native library's threads can abort that teardown ("terminate called
+    without an active exception", status 134 / -6) although the run is complete — seen with
+    decord in the command's process, and in the driver of a 2-worker ``frames`` run. Exit
+    handlers (logging, multiprocessing, Ray) still run and the console is flushed; every output
+    file is already closed (written whole, then renamed)."""
     import atexit
 
     atexit._run_exitfuncs()
@@ -346,7 +346,8 @@ def _end_process(status: int) -> int:
     os._exit(status)
 
 
-def _main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -378,4 +379,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -113,3 +113,17 @@ def option_helps(parser: argparse.ArgumentParser) -> dict[str, str]:
     """Each option's help text as --help prints it (``%(default)s`` expanded), by option name."""
     formatter = parser._get_formatter()
     return {"/".join(a.option_strings) or a.dest: formatter._expand_help(a) for a in parser._actions if a.help}
+
+
+def package_imports(path: Path, package: str) -> set[str]:
+    """The modules of ``package`` that the file ``path`` imports anywhere (top level or inside
+    functions), by their names inside the package, itself excluded."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
+            found |= {node.module} if node.module != package else {f"{package}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith(package + ".")}
+    return {m.split(".")[1] for m in found if m.count(".") >= 1} - {path.stem}

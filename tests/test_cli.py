@@ -4,7 +4,6 @@ what to do, progress that moves, --help texts, and the direction of the modules'
 from __future__ import annotations
 
 import argparse
-import ast
 import inspect
 import json
 import os
@@ -19,7 +18,7 @@ import pytest
 
 from blurforge import commands
 from blurforge.cli import build_parser, main
-from conftest import option_helps, photo, write_png
+from conftest import option_helps, package_imports, photo, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -392,20 +391,11 @@ def test_parser_defaults_are_the_command_functions_defaults():
 # ------------------------------------------------------------------------------- module structure
 
 
-def blurforge_imports(path: Path) -> set[str]:
-    """The blurforge modules ``path`` imports anywhere (top level or inside functions)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "blurforge":
-            found |= {node.module} if node.module != "blurforge" else {f"blurforge.{a.name}" for a in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("blurforge.")}
-    return {m.split(".")[1] for m in found if m.count(".") >= 1}
 
 
 def test_the_cli_layer_depends_one_way():
     """cli -> demo -> commands -> the library; nothing below imports what is above it."""
-    graph = {p.stem: blurforge_imports(p) for p in (ROOT / "blurforge").glob("*.py")}
+    graph = {p.stem: package_imports(p, "blurforge") for p in (ROOT / "blurforge").glob("*.py")}
     layers = {"cli": 0, "demo": 1, "commands": 2}
     for module, deps in graph.items():
         if module == "__main__":

@@ -5,7 +5,6 @@ summaries of train, and the direction of the modules' imports."""
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import option_helps, photo, write_png
+from conftest import option_helps, package_imports, photo, write_png
 from deblurdiff import cli
 from deblurdiff.cli import build_parser, main
 
@@ -134,15 +133,6 @@ def test_help_and_argument_errors_import_nothing_heavy(argv):
 # ------------------------------------------------------------------------------- module structure
 
 
-def deblurdiff_imports(path: Path) -> set[str]:
-    """The deblurdiff modules ``path`` imports anywhere (top level or inside functions)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "deblurdiff":
-            found |= {node.module} if node.module != "deblurdiff" else {f"deblurdiff.{a.name}" for a in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("deblurdiff.")}
-    return {m.split(".")[1] for m in found if m.count(".") >= 1} - {path.stem}
 
 
 COMMANDS = {"train", "infer", "evaluate", "convert", "msgd_train", "msgd_infer"}
@@ -151,7 +141,7 @@ COMMANDS = {"train", "infer", "evaluate", "convert", "msgd_train", "msgd_infer"}
 def test_the_modules_depend_one_way():
     """presets -> model -> frozen, never back; the library never imports the command layer (cli and
     the command modules) above it. (cli <-> demo belongs to the demo's own tests.)"""
-    graph = {p.stem: deblurdiff_imports(p) for p in (ROOT / "deblurdiff").glob("*.py")}
+    graph = {p.stem: package_imports(p, "deblurdiff") for p in (ROOT / "deblurdiff").glob("*.py")}
     assert "model" in graph["presets"] and "frozen" in graph["model"] and "frozen" in graph["presets"]
     assert "presets" not in graph["model"] and not {"presets", "model"} & graph["frozen"]
     assert graph["choices"] == set()  # the names --help needs, importing nothing

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -182,6 +183,29 @@ def apply_umask(tree: str | os.PathLike) -> None:
             path = os.path.join(folder, name)
             if not os.path.islink(path):
                 os.chmod(path, 0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def replacing_folder(target: str | os.PathLike):
+    """Write a folder whole: yields a temporary sibling of ``target`` to fill; when the block ends
+    without error the sibling gets the modes plain ``mkdir``/``open`` give (:func:`apply_umask`)
+    and replaces ``target`` (an existing one is moved aside, then deleted); on any error it is
+    deleted and ``target`` stays as it was."""
+    target = Path(target).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        apply_umask(tmp)  # mkdtemp makes the folder 0700 and safetensors its files 0600: owner-only
+        old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
+        if old is not None:
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_local_atomic(path: Path, data: bytes) -> Path:

@@ -57,8 +57,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 
-from blurforge.storage import apply_umask
+from blurforge.storage import replacing_folder
 from deblurdiff.choices import BLURRY_RANGES, CONTROLNET_INPUTS, POSTERIORS, TIMESTEP_SPACINGS, VARIANTS
 from deblurdiff.frozen import FrozenParts, load_frozen_parts
 from deblurdiff.lkpn import LKPN
@@ -432,9 +430,7 @@ class DeblurDiff(torch.nn.Module):
         ``extra_parts``: ``{subfolder: object with save_pretrained}`` written alongside (e.g. a text encoder).
         """
         target = Path(save_directory).resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with replacing_folder(target) as tmp:
             self.controlnet.save_pretrained(tmp / "controlnet")
             if self.lkpn is not None:
                 self.lkpn.save_pretrained(tmp / "lkpn")
@@ -456,17 +452,6 @@ class DeblurDiff(torch.nn.Module):
                 **(extra or {}),
             }
             (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
-            apply_umask(tmp)  # mkdtemp makes the folder 0700 and safetensors its files 0600: owner-only
-            old = None
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-            os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     @classmethod

@@ -43,8 +43,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +51,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
+
+from blurforge.storage import replacing_folder
 
 CONFIG_NAME = "msgd.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -442,22 +442,11 @@ class MSGD(nn.Module):
         from safetensors.torch import save_file
 
         target = Path(save_directory).resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with replacing_folder(target) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, tmp / WEIGHTS_NAME)
             record = {"format": "msgd", "format_version": FORMAT_VERSION, "config": dataclasses.asdict(self.config),
                       "versions": _versions()}
             (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
-            old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
-            if old is not None:
-                os.replace(target, old)
-            os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     @staticmethod

@@ -59,11 +59,13 @@ def test_deblurdiff_outputs_follow_the_umask(umask, pairs_dir, tmp_path):
     from accelerate.state import AcceleratorState, GradientState
 
     from deblurdiff.infer import add_infer_arguments, run_infer
+    from deblurdiff.msgd import build_msgd
     from deblurdiff.presets import build_model
     from deblurdiff.train import add_train_arguments, train
 
     work = tmp_path / "work"
     build_model("tiny", seed=0).save_pretrained(work / "saved")
+    build_msgd("msgd-tiny", seed=0).save_pretrained(work / "saved-msgd")
     p = argparse.ArgumentParser()
     add_train_arguments(p)
     threads = torch.get_num_threads()

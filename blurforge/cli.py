@@ -53,9 +53,12 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 WORKERS_HELP = ("worker processes (or Ray tasks in flight); the output is the same for any value (default: the "
                 f"CPUs this process may use, affinity and cgroup quota aware: {usable_cpus()} here)")
-PNG_LEVEL_HELP = ("PNG compression, libdeflate level 0-12, lossless at every level: 0 stores uncompressed (~2x "
-                  "larger files); 6-12 are a few percent smaller and several times slower (default: 1, the "
-                  "fastest level that compresses)")
+PNG_COMPRESSOR_HELP = ("how the PNG files are compressed, lossless either way: isal (Intel ISA-L, about 2x faster) or "
+                       "libdeflate (its bytes do not depend on the CPU, only on its version; ISA-L picks code "
+                       "paths by CPU features, the pixels are the same)")
+PNG_LEVEL_HELP = ("PNG compression level, lossless at every level: isal 0-3, libdeflate 0-12 (0 stores "
+                  "uncompressed, ~2x larger files; 6-12 are a few percent smaller and several times slower); "
+                  "default 1, the fastest level that compresses well")
 RETRIES_HELP = "times a shard that failed as a whole (a crashed worker) is retried before it is reported"
 
 
@@ -69,8 +72,13 @@ def _positive_int(text: str) -> int:
 def _png_level(text: str) -> int:
     v = int(text)
     if not 0 <= v <= 12:
-        raise argparse.ArgumentTypeError(f"must be in 0..12 (libdeflate levels), got {text}")
+        raise argparse.ArgumentTypeError(f"must be in 0..3 (isal) or 0..12 (libdeflate), got {text}")
     return v
+
+
+def add_png(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--png-compressor", choices=("isal", "libdeflate"), default="isal", help=PNG_COMPRESSOR_HELP)
+    parser.add_argument("--png-level", type=_png_level, default=1, metavar="L", help=PNG_LEVEL_HELP)
 
 
 def _window(text: str):
@@ -228,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prefix of the pairs' keys; names only, the kernels drawn do not change — needed only to "
                         "merge runs of one mode and seed over different folders (default: the --mode)")
     s.add_argument("--retries", type=int, default=2, metavar="N", help=RETRIES_HELP)
-    s.add_argument("--png-level", type=_png_level, default=1, metavar="L", help=PNG_LEVEL_HELP)
+    add_png(s)
     add_backend(s)
 
     f = add("frames", frames, "average video frames into blurry/sharp pairs (REDS/GoPro style)",
@@ -263,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--key-prefix", default="frames", metavar="PREFIX",
                    help="prefix of the pairs' keys (names only: seeds do not change)")
     f.add_argument("--retries", type=int, default=2, metavar="N", help=RETRIES_HELP)
-    f.add_argument("--png-level", type=_png_level, default=1, metavar="L", help=PNG_LEVEL_HELP)
+    add_png(f)
     add_backend(f)
 
     b = add("build-manifest", build_manifest, "merge outputs and imported datasets into one manifest",

@@ -124,8 +124,8 @@ def synthesize(*, sharp: str, kernels: str, out: str, seed: int = 0, mode: str =
                device: str = "cpu", max_objects: int = 6, workers: int | None = None, noise: str = "none",
                noise_preset: str = "realblur", saturation: bool = False, jpeg_quality: int | None = None,
                pairs_per_image: int = 1, borders: str = "valid", shard_size: int = 64, key_prefix: str | None = None,
-               retries: int = 2, png_level: int = 1, backend: str = "local", ray_address: str | None = None,
-               quiet: bool = False, rerun: str | None = None) -> int:
+               retries: int = 2, png_level: int = 1, png_compressor: str = "isal", backend: str = "local",
+               ray_address: str | None = None, quiet: bool = False, rerun: str | None = None) -> int:
     """``blurforge synthesize``: run the job (resuming finished shards), print its summary.
     ``rerun``: the command line that resumes it, named if a shard still fails."""
     from blurforge.synthesize import run_synthesize, summarize_timing
@@ -136,6 +136,7 @@ def synthesize(*, sharp: str, kernels: str, out: str, seed: int = 0, mode: str =
         key_prefix=key_prefix, progress=not quiet, backend=backend, ray_address=ray_address, retries=retries,
         segmenter=segmenter, sam2_config=sam2_config, sam2_checkpoint=sam2_checkpoint, device=device,
         max_objects=max_objects, noise_preset=noise_preset, borders=borders, png_level=png_level,
+        png_compressor=png_compressor,
     )
     return report_job("synthesize", s, summarize_timing(s.stats), out, {"--sharp": sharp}, retries, rerun)
 
@@ -143,8 +144,9 @@ def synthesize(*, sharp: str, kernels: str, out: str, seed: int = 0, mode: str =
 def frames(*, videos: str, out: str, seed: int = 0, decoder: str = "decord", window: str | tuple = "7",
            interpolate: int = 0, response: str = "srgb", stride: int | None = None, workers: int | None = None,
            shard_size: int = 1, noise: str = "none", noise_preset: str = "realblur", saturation: bool = False,
-           key_prefix: str = "frames", retries: int = 2, png_level: int = 1, backend: str = "local",
-           ray_address: str | None = None, quiet: bool = False, rerun: str | None = None) -> int:
+           key_prefix: str = "frames", retries: int = 2, png_level: int = 1, png_compressor: str = "isal",
+           backend: str = "local", ray_address: str | None = None, quiet: bool = False,
+           rerun: str | None = None) -> int:
     """``blurforge frames``: run the job (resuming finished shards), print its summary."""
     from blurforge.frames import run_frames
 
@@ -153,6 +155,7 @@ def frames(*, videos: str, out: str, seed: int = 0, decoder: str = "decord", win
         response=response, stride=stride, workers=workers or usable_cpus(), shard_size=shard_size,
         key_prefix=key_prefix, progress=not quiet, backend=backend, ray_address=ray_address, retries=retries,
         noise=noise, noise_preset=noise_preset, saturation=saturation, png_level=png_level,
+        png_compressor=png_compressor,
     )
     keys = ("decode_s", "interpolate_s", "average_s", "encode_s")
     return report_job("frames", s, {k: sum(x.get(k, 0.0) for x in s.stats) for k in keys}, out,

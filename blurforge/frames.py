@@ -68,7 +68,7 @@ import cv2
 import numpy as np
 
 from blurforge.blur import frames_realism
-from blurforge.imageio import DEFAULT_PNG_LEVEL, png_settings
+from blurforge.imageio import png_options, png_settings
 from blurforge.manifest import SCHEMA_VERSION
 from blurforge.storage import Location, check_separate
 from blurforge.shards import (RunSummary, ShardTask, check_run_config, finish_shard, make_tasks, report_progress,
@@ -245,19 +245,24 @@ def inbetween_sum(a_lin: np.ndarray, b_lin: np.ndarray, f01: np.ndarray, f10: np
     interpolation = WARPS[warp]
     frames = (a_lin, b_lin)
     grid = _grid(h, w)
-    total = np.zeros_like(a_lin) if initial is None else np.array(initial, dtype=a_lin.dtype)
+    total = np.empty_like(a_lin)
+    start = np.zeros_like(a_lin) if initial is None else np.asarray(initial, dtype=a_lin.dtype)
     for y0 in range(0, h, _BAND_ROWS):
         y1 = min(h, y0 + _BAND_ROWS)
         fa, fb, g, acc = f01[y0:y1], f10[y0:y1], grid[y0:y1], total[y0:y1]
+        summed = start[y0:y1]  # the first term is added to the initial band, then to the running sum
         where = np.empty_like(fa)
         for frame, alpha, beta, weight in terms:
             cv2.addWeighted(fa, alpha, fb, beta, 0.0, dst=where)
             cv2.add(where, g, dst=where)
             warped = cv2.remap(frames[frame], where, None, interpolation, borderMode=cv2.BORDER_REPLICATE)
             if weight == 1.0:
-                cv2.add(acc, warped, dst=acc)
+                cv2.add(summed, warped, dst=acc)
             else:
-                cv2.scaleAdd(warped, weight, acc, dst=acc)
+                cv2.scaleAdd(warped, weight, summed, dst=acc)
+            summed = acc
+        if summed is not acc:  # no terms (k = 0)
+            acc[...] = summed
     return total
 
 
@@ -368,10 +373,9 @@ class _ClipAverager:
         if self.k and h:
             pairs = [self._between(j) for j in range(c - h, c + h)]  # frame j and the in-betweens after it
             t = time.perf_counter()
-            total = pairs[0].copy()  # float32 RGBA
-            for pair in pairs[1:]:
-                cv2.add(total, pair, dst=total)
-            cv2.add(total, self._lin(c + h), dst=total)  # and the last frame
+            total = pairs[0]  # float32 RGBA; never modified (a new array from the first addition on)
+            for pair in [*pairs[1:], self._lin(c + h)]:  # and the last frame
+                total = cv2.add(total, pair, dst=None if total is pairs[0] else total)
             mean = cv2.cvtColor(total, cv2.COLOR_RGBA2RGB)
             np.divide(mean, np.float32(virtual), out=mean)
         else:
@@ -413,10 +417,10 @@ class _PairWriter:
     decoding and averaging: the PNG compressor (``imageio``), SHA-256 and file writes release the
     GIL. Rows come back in submission order; at most ``2 × threads`` pairs are in flight."""
 
-    def __init__(self, out: Location, png_level: int, threads: int):
+    def __init__(self, out: Location, png: dict, threads: int):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.out, self.png_level = out, png_level
+        self.out, self.png = out, png  # encode_image keywords
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="frames-encode")
         self.depth = 2 * threads
         self.pending: list = []  # (future, row) in submission order
@@ -454,8 +458,8 @@ class _PairWriter:
         t = time.perf_counter()
         stage = "encode"
         try:
-            blur_bytes = encode_image(blurry, bit_depth=8, png_level=self.png_level)
-            sharp_bytes = encode_image(sharp, bit_depth=8, png_level=self.png_level)  # the frame, bit-exact
+            blur_bytes = encode_image(blurry, bit_depth=8, **self.png)
+            sharp_bytes = encode_image(sharp, bit_depth=8, **self.png)  # the frame, bit-exact
             stage = "write"
             self.out.write_bytes(row["blur_path"], blur_bytes)
             self.out.write_bytes(row["sharp_path"], sharp_bytes)
@@ -479,13 +483,12 @@ def process_clip(rel: str, cfg: dict, out: Location, shard: str,
     from blurforge.video import VideoError, check_length, guarded_frames, open_video
 
     src = Path(cfg["videos"]) / rel
-    png_level = cfg.get("png", {}).get("level", DEFAULT_PNG_LEVEL)
     key_base = sample_key(cfg["key_prefix"], cfg["seed"], rel)  # the clip's keys without the centre
     rows: list[dict] = []
     timing = {"decode_s": 0.0, "average_s": 0.0, "interpolate_s": 0.0, "encode_s": 0.0}
     stage = "open"
     frames = None
-    writer = _PairWriter(out, png_level, _encode_threads())
+    writer = _PairWriter(out, png_options(cfg.get("png")), _encode_threads())
     try:
         group = source_group(src)
         clip = open_video(src, cfg["decoder"])
@@ -618,6 +621,7 @@ def run_frames(
     noise_preset: str = "realblur",
     saturation: bool = False,
     png_level: int | None = None,
+    png_compressor: str | None = None,
 ) -> RunSummary:
     """Plan, run (resuming finished shards) and summarise a frames job.
 
@@ -628,8 +632,8 @@ def run_frames(
     for a whole clip before it is recorded as hanging (None: no limit). ``noise`` (``"rsblur"``:
     the camera pipeline with ``noise_preset``) and ``saturation``: the realism stage on the
     blurry average (``blur.frames_realism``; parameters in the row's ``params["realism"]``);
-    ``png_level``: libdeflate
-    level of the PNG files (0–12, default ``DEFAULT_PNG_LEVEL``; lossless at every level).
+    ``png_compressor`` and ``png_level``: how the PNG files are compressed (``imageio.png_settings``;
+    lossless at every level).
     """
     from blurforge.video import DECODERS, find_videos
 
@@ -665,7 +669,7 @@ def run_frames(
         "frame_timeout": frame_timeout,
         "clip_timeout": clip_timeout,
         "manifest_schema": SCHEMA_VERSION,  # keys, seeds and groups of this layout
-        "png": png_settings(png_level),
+        "png": png_settings(png_level, png_compressor),
     }
     if realism:  # only when enabled, so runs without it keep their run.json
         config["realism"] = realism

@@ -288,25 +288,59 @@ def decode_image_bytes(data: bytes) -> np.ndarray:
 
 # PNG is written here (not by OpenCV/libpng): every row "Sub"-filtered (the byte difference to
 # the same channel of the pixel on the left, vectorised) and the rows compressed as one zlib
-# stream by libdeflate (the ``deflate`` package). Measured on 1280×720 photos and video frames
-# (scripts/bench_synthesize.py): several times faster than cv2.imencode's PNG at its default
-# (zlib level 1, RLE strategy) with files about as large. Lossless at every level.
-PNG_LEVELS = range(0, 13)  # libdeflate levels: 0 stores (no compression), 12 is the smallest/slowest
-DEFAULT_PNG_LEVEL = 1  # the fastest level that compresses
+# stream by a fast deflate library, called without the GIL so pairs can be encoded on threads:
+# - "isal" (default): Intel ISA-L's igzip (the ``isal`` package), levels 0–3. On 1280×720 photos
+#   and video frames level 1 is about 2× faster than libdeflate's level 1 with files about as
+#   large (scripts/bench_synthesize.py prints both).
+# - "libdeflate" (the ``deflate`` package), levels 0–12 (0 stores; 12 is the smallest/slowest).
+#   libdeflate's compressor runs the same code on every CPU, so its bytes depend only on its
+#   version; igzip picks code paths by CPU features, so identical bytes are promised only for the
+#   same version on the same kind of machine. The pixels are identical everywhere.
+# Both are lossless at every level and several times faster than cv2.imencode's PNG at its
+# default (zlib level 1, RLE strategy).
+PNG_COMPRESSORS = {"isal": range(0, 4), "libdeflate": range(0, 13)}  # name: its levels
+DEFAULT_PNG_COMPRESSOR = "isal"
+DEFAULT_PNG_LEVEL = 1  # the fastest level that compresses well, for either compressor
+PNG_LEVELS = PNG_COMPRESSORS["libdeflate"]  # every level some compressor accepts
 
 
-def png_settings(level: int | None = None) -> dict:
-    """A job's PNG settings as recorded in its ``run.json``: ``{"level": L, "encoder": "..."}``.
+def png_settings(level: int | None = None, compressor: str | None = None) -> dict:
+    """A job's PNG settings as recorded in its ``run.json``:
+    ``{"compressor": C, "level": L, "encoder": "..."}``.
 
-    The encoder string names the libdeflate binding and its version: the bytes written depend on
+    The encoder string names the compressor's package and version: the bytes written depend on
     both (the pixels do not), so a job resumed with another version is refused rather than
-    silently mixing two encodings. Raises ``ValueError`` for a level outside 0–12."""
-    import deflate
-
+    silently mixing two encodings. Raises ``ValueError`` for an unknown compressor or a level
+    it does not have."""
+    compressor = DEFAULT_PNG_COMPRESSOR if compressor is None else compressor
     level = DEFAULT_PNG_LEVEL if level is None else level
-    if isinstance(level, bool) or level not in PNG_LEVELS:
-        raise ValueError(f"--png-level must be an integer in 0..12 (libdeflate levels), got {level!r}")
-    return {"level": int(level), "encoder": f"sub-filter + libdeflate (deflate {getattr(deflate, '__version__', '?')})"}
+    _check_png(level, compressor)
+    if compressor == "isal":
+        import isal
+
+        encoder = f"sub-filter + ISA-L igzip (isal {getattr(isal, '__version__', '?')})"
+    else:
+        import deflate
+
+        encoder = f"sub-filter + libdeflate (deflate {getattr(deflate, '__version__', '?')})"
+    return {"compressor": compressor, "level": int(level), "encoder": encoder}
+
+
+def png_options(settings: dict | None) -> dict:
+    """``encode_image`` keywords (``png_level``, ``png_compressor``) of a job's recorded PNG
+    settings (``png_settings``; defaults for what is missing)."""
+    settings = settings or {}
+    return {"png_level": settings.get("level", DEFAULT_PNG_LEVEL),
+            "png_compressor": settings.get("compressor", DEFAULT_PNG_COMPRESSOR)}
+
+
+def _check_png(level, compressor: str) -> None:
+    if compressor not in PNG_COMPRESSORS:
+        raise ValueError(f"--png-compressor must be one of {', '.join(PNG_COMPRESSORS)}, got {compressor!r}")
+    levels = PNG_COMPRESSORS[compressor]
+    if isinstance(level, bool) or level not in levels:
+        raise ValueError(f"--png-level must be an integer in {levels.start}..{levels.stop - 1} for "
+                         f"--png-compressor {compressor}, got {level!r}")
 
 
 def encode_image(
@@ -315,13 +349,14 @@ def encode_image(
     fmt: str = "png",
     jpeg_quality: int | None = None,
     png_level: int = DEFAULT_PNG_LEVEL,
+    png_compressor: str = DEFAULT_PNG_COMPRESSOR,
 ) -> bytes:
     """Encode an ``H×W×3`` RGB image to file bytes.
 
     ``image``: float sRGB in [0, 1] (clipped, rounded to nearest code), or integer codes
     already — ``uint8`` for ``bit_depth=8``, ``uint16`` for 16 — written as they are.
-    ``fmt="png"`` with ``bit_depth`` 8 or 16 and ``png_level`` (libdeflate level 0–12, see
-    ``PNG_LEVELS``; lossless at every level); ``fmt="jpg"``/``"jpeg"`` is 8-bit only, with
+    ``fmt="png"`` with ``bit_depth`` 8 or 16, ``png_compressor`` (``"isal"`` or ``"libdeflate"``)
+    and its ``png_level`` (see ``PNG_COMPRESSORS``; lossless at every level); ``fmt="jpg"``/``"jpeg"`` is 8-bit only, with
     ``jpeg_quality`` 1–100 (default 95). The output is deterministic for given library
     versions (``png_settings()``), so its SHA-256 identifies the content.
     """
@@ -346,9 +381,8 @@ def encode_image(
         raise ValueError(f"fmt must be 'png' or 'jpg', got {fmt!r}")
     if jpeg_quality is not None:
         raise ValueError("jpeg_quality is only meaningful with fmt='jpg'")
-    if png_level not in PNG_LEVELS:
-        raise ValueError(f"png_level must be an integer in 0..12, got {png_level!r}")
-    return _png_bytes(quantise(img, bit_depth), int(png_level))
+    _check_png(png_level, png_compressor)
+    return _png_bytes(quantise(img, bit_depth), int(png_level), png_compressor)
 
 
 def quantise(image: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -366,7 +400,7 @@ def quantise(image: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.rint(scaled, out=scaled).astype(dtype)
 
 
-def _png_bytes(codes: np.ndarray, level: int) -> bytes:
+def _png_bytes(codes: np.ndarray, level: int, compressor: str = DEFAULT_PNG_COMPRESSOR) -> bytes:
     """PNG file bytes (colour type 2, RGB; no interlace) of ``H×W×3`` uint8/uint16 ``codes``."""
     h, w, c = codes.shape
     if codes.dtype == np.uint16:
@@ -379,7 +413,7 @@ def _png_bytes(codes: np.ndarray, level: int) -> bytes:
     filtered[:, 0] = 1  # filter type Sub: byte - the byte bpp to the left (mod 256), 0 before the row
     filtered[:, 1 : 1 + bpp] = rows[:, :bpp]
     np.subtract(rows[:, bpp:], rows[:, :-bpp], out=filtered[:, 1 + bpp :])
-    idat = _zlib_compress(filtered, level)
+    idat = _zlib_compress(filtered, level) if compressor == "libdeflate" else _isal_compress(filtered, level)
     ihdr = struct.pack(">IIBBBBB", w, h, depth, 2, 0, 0, 0)
     return b"".join([_PNG_SIGNATURE, _chunk(b"IHDR", ihdr), _chunk(b"IDAT", idat), _chunk(b"IEND", b"")])
 
@@ -408,6 +442,14 @@ def _zlib_compress(data: np.ndarray, level: int) -> bytes:
     if n == 0:
         raise RuntimeError(f"libdeflate failed to compress {data.nbytes} bytes")
     return out[:n].tobytes()
+
+
+def _isal_compress(data: np.ndarray, level: int) -> bytes:
+    """The zlib stream of the contiguous array ``data`` by ISA-L's igzip at ``level`` (0–3); the
+    ``isal`` package releases the GIL while it compresses."""
+    from isal import isal_zlib
+
+    return isal_zlib.compress(data, level)
 
 
 @functools.lru_cache(maxsize=None)

@@ -52,7 +52,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from blurforge.blur import apply_realism, convolve, linear_to_srgb, srgb_to_linear
+from blurforge.blur import apply_realism, convolve, exact_codes, srgb_to_linear, to_output
 
 _F32 = np.float32
 COMPOSITE = {"method": "layered", "version": 1, "fill": "nearest"}  # what render_from_params implements
@@ -340,12 +340,14 @@ def render_nonuniform(
     realism_params: dict | None,
     rng: np.random.Generator,
     rim: int = DEFAULT_RIM,
+    codes: bool = False,
 ) -> np.ndarray:
     """Object-wise blur of a sharp sRGB image in linear light, then the realism stage.
 
-    ``sharp_srgb``: ``H×W×3`` float in [0, 1]; ``masks``/``kernels`` in compositing order (far
-    to near). ``rng`` supplies only the noise realisation. Returns ``H×W×3 float32`` sRGB in
-    [0, 1]. With no masks (or only empty ones) this is exactly ``blur.render_uniform``.
+    ``sharp_srgb``: ``H×W×3`` float in [0, 1] or ``uint8`` codes; ``masks``/``kernels`` in
+    compositing order (far to near). ``rng`` supplies only the noise realisation. Returns
+    ``H×W×3 float32`` sRGB in [0, 1], or with ``codes`` its exact 8-bit codes
+    (``blur.to_output``). With no masks (or only empty ones) this is exactly ``blur.render_uniform``.
     """
     for k in [background_kernel, *kernels]:
         k = np.asarray(k, dtype=_F32)
@@ -361,11 +363,12 @@ def render_nonuniform(
     if realism:
         # saturation is already in; apply_realism adds the noise exactly as for uniform pairs
         blurry_lin = apply_realism(blurry_lin, sharp_lin, background_kernel, {**realism, "saturation_a": None}, rng)
-    return linear_to_srgb(blurry_lin)
+    return to_output(blurry_lin, codes)
 
 
 def render_from_params(sharp_srgb: np.ndarray, bank, params: dict, seed: int) -> np.ndarray:
-    """The blurry sRGB image of a ``nonuniform`` row from its sharp image, bank, params and seed.
+    """The blurry sRGB image of a ``nonuniform`` row from its sharp image, bank, params and seed
+    (its exact 8-bit codes when the row says so: ``blur.exact_codes``).
 
     Raises ``ValueError`` for a row made by another compositing method (e.g. the earlier
     alpha-blend rule, which this version no longer implements)."""
@@ -386,6 +389,7 @@ def render_from_params(sharp_srgb: np.ndarray, bank, params: dict, seed: int) ->
         params.get("realism"),
         np.random.default_rng([seed, 1]),
         rim=int(comp["rim"]),
+        codes=exact_codes(params),
     )
 
 

@@ -176,12 +176,24 @@ def check_run_config(out: str | os.PathLike, config: dict) -> None:
                     f"{out}: holds a run of an older blurforge (manifest schema {old.get('manifest_schema', '1')}, "
                     "keys without the run seed) — finish it with that version, or choose a new --out"
                 )
+            if diff == ["png"]:
+                raise ValueError(_png_mismatch(out, old["png"], config["png"]))
             raise ValueError(
                 f"{out}: already holds a run with other settings ({', '.join(diff)}) — "
                 "resume with the same command, or choose a new --out"
             )
         return
     loc.write_text("run.json", text)
+
+
+def _png_mismatch(out, old: dict, new: dict) -> str:
+    """Why a run's PNG settings cannot be resumed with ``new``, and the options that can."""
+    compressor = old.get("compressor", "libdeflate")  # runs from before the choice used libdeflate
+    options = f"--png-compressor {compressor} --png-level {old.get('level', 1)}"
+    if compressor == new.get("compressor") and old.get("level") == new.get("level"):
+        return (f"{out}: its PNGs were written by {old.get('encoder')}, this blurforge has {new.get('encoder')} — "
+                "finish the run with that version (the bytes would differ, never the pixels), or choose a new --out")
+    return f"{out}: its PNGs were written with {options} — resume with those options, or choose a new --out"
 
 
 def _ray_guarded(worker: Callable[[ShardTask], dict], task: ShardTask) -> dict:

@@ -137,16 +137,24 @@ def sample_uniform_params(rng: np.random.Generator, bank, config: dict) -> dict:
     }
 
 
-def render_blurry(sharp_srgb: np.ndarray, kernel: np.ndarray, params: dict, seed: int) -> np.ndarray:
-    """The blurry sRGB image of a sample, from its sharp image, kernel, params and seed (pure)."""
-    from blurforge.blur import render_uniform
+def _as_float(image: np.ndarray) -> np.ndarray:
+    """Float sRGB in [0, 1] of uint8 codes (as ``read_image`` computes it); floats as they are."""
+    return np.divide(image, np.float32(255), dtype=np.float32) if image.dtype == np.uint8 else image
 
-    return render_uniform(sharp_srgb, kernel, params["realism"], np.random.default_rng([seed, 1]))
+
+def render_blurry(sharp_srgb: np.ndarray, kernel: np.ndarray, params: dict, seed: int) -> np.ndarray:
+    """The blurry sRGB image of a sample, from its sharp image, kernel, params and seed (pure):
+    float sRGB, or its exact 8-bit codes when the params say so (``blur.exact_codes``)."""
+    from blurforge.blur import exact_codes, render_uniform
+
+    return render_uniform(sharp_srgb, kernel, params["realism"], np.random.default_rng([seed, 1]),
+                          codes=exact_codes(params))
 
 
 def synthesize_worker(task: ShardTask) -> dict:
     """Pure shard worker: reads sharp images, renders pairs, writes images then the shard tables."""
-    from blurforge.imageio import DEFAULT_PNG_LEVEL, ImageReadError, encode_image, read_image, sha256_bytes
+    from blurforge.blur import EXACT_QUANTISER
+    from blurforge.imageio import ImageReadError, encode_image, png_options, read_image_pixels, sha256_bytes
 
     cfg = task.config
     out = Location(task.out)
@@ -169,7 +177,10 @@ def synthesize_worker(task: ShardTask) -> dict:
             t = time.perf_counter()
             if rel not in decoded:
                 decoded.clear()
-                decoded[rel] = read_image(src)
+                pixels, info = read_image_pixels(src)
+                # 8-bit photos stay codes (rendered through a table, written as they are); 16-bit as floats
+                decoded[rel] = (pixels if info["bit_depth"] == 8 else np.divide(pixels, np.float32(65535),
+                                                                                 dtype=np.float32), info)
                 group = source_group(src)
             sharp, info = decoded[rel]
             h, w = sharp.shape[:2]
@@ -189,7 +200,7 @@ def synthesize_worker(task: ShardTask) -> dict:
                 segmenter = _segmenter(cfg["segmenter"])
                 if rel not in segmented:
                     segmented.clear()
-                    segmented[rel] = segmenter.segment(sharp)
+                    segmented[rel] = segmenter.segment(_as_float(sharp))
                 timing["segment_s"] += time.perf_counter() - t
                 stage = "render"
                 t = time.perf_counter()
@@ -201,6 +212,8 @@ def synthesize_worker(task: ShardTask) -> dict:
                 t = time.perf_counter()
                 params = sample_uniform_params(np.random.default_rng([seed, 0]), bank, cfg)
                 params.update(input=rel, bit_depth=info["bit_depth"], conversions=info["conversions"])
+            if info["bit_depth"] == 8 or params["realism"].get("jpeg_quality"):
+                params["quantiser"] = EXACT_QUANTISER  # 8-bit output: exactly rounded codes (blur.to_output)
             stage = "crop"
             borders = cfg.get("borders", "valid")
             params.update(borders=borders, crop=border_crop(params, bank, borders))
@@ -212,12 +225,12 @@ def synthesize_worker(task: ShardTask) -> dict:
             stage = "encode"
             t = time.perf_counter()
             jpeg = params["realism"].get("jpeg_quality")
-            png_level = cfg.get("png", {}).get("level", DEFAULT_PNG_LEVEL)
+            png = png_options(cfg.get("png"))
             if jpeg:
                 blur_bytes = encode_image(blurry, bit_depth=8, fmt="jpg", jpeg_quality=jpeg)
             else:
-                blur_bytes = encode_image(blurry, bit_depth=info["bit_depth"], png_level=png_level)
-            sharp_bytes = encode_image(sharp_pair, bit_depth=info["bit_depth"], png_level=png_level)
+                blur_bytes = encode_image(blurry, bit_depth=info["bit_depth"], **png)
+            sharp_bytes = encode_image(sharp_pair, bit_depth=info["bit_depth"], **png)
             name = sample_name(key)
             blur_rel = f"blur/{task.shard}/{name}.{'jpg' if jpeg else 'png'}"
             sharp_rel = f"sharp/{task.shard}/{name}.png"
@@ -384,6 +397,7 @@ def run_synthesize(
     noise_preset: str = "realblur",
     borders: str = "valid",
     png_level: int | None = None,
+    png_compressor: str | None = None,
 ) -> RunSummary:
     """Plan, run (resuming finished shards) and summarise a synthesize job.
 
@@ -394,8 +408,9 @@ def run_synthesize(
     ``rsblur``, see ``blurforge.camera``).
     ``borders="valid"`` crops every pair by the reach of its kernels (:func:`border_crop`);
     ``"reflect"`` keeps the full image with reflected borders.
-    ``png_level``: libdeflate level of the PNG files (0–12, default ``DEFAULT_PNG_LEVEL``; lossless
-    at every level — it trades file size for time).
+    ``png_compressor`` (``"isal"``, default, or ``"libdeflate"``) and its ``png_level``: how the PNG
+    files are compressed (``imageio.png_settings``; lossless at every level — it trades file size
+    for time).
     """
     from blurforge.imageio import png_settings
 
@@ -436,7 +451,7 @@ def run_synthesize(
         "key_prefix": key_prefix or mode,
         "borders": borders,
         "manifest_schema": SCHEMA_VERSION,  # keys, seeds and groups of this layout
-        "png": png_settings(png_level),
+        "png": png_settings(png_level, png_compressor),
     }
     if noise != "none":  # only with noise, so runs without it keep their run.json
         config["noise_preset"] = noise_preset

@@ -283,19 +283,24 @@ def test_find_images_is_recursive_sorted_and_case_insensitive(tmp_path):
         find_images(tmp_path / "a.jpg")
 
 
-# --- the PNG writer (Sub filter + libdeflate) --------------------------------------------------
+# --- the PNG writer (Sub filter + ISA-L igzip or libdeflate) ------------------------------------
+
+EVERY_PNG_SETTING = [("isal", level) for level in range(4)] + [("libdeflate", level) for level in (0, 1, 6, 12)]
 
 
 @pytest.mark.parametrize("bit_depth,dtype,top", [(8, np.uint8, 255), (16, np.uint16, 65535)])
-@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 9, 3), (13, 1, 3), (37, 61, 3)])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 9, 3), (13, 1, 3), (37, 61, 3), (300, 500, 3)])
 def test_png_writer_is_lossless_for_every_level_and_reader(shape, bit_depth, dtype, top):
     from PIL import Image
 
-    codes = np.random.default_rng(sum(shape) + bit_depth).integers(0, top + 1, shape).astype(dtype)
-    for level in (0, 1, 6, 12):
-        data = encode_image(codes, bit_depth=bit_depth, png_level=level)
+    rng = np.random.default_rng(sum(shape) + bit_depth)
+    codes = rng.integers(0, top + 1, shape).astype(dtype)
+    if shape[0] > 100:  # a smooth image with runs, where the compressors find long matches
+        codes = np.cumsum(rng.integers(0, 2, shape), axis=1).astype(dtype)
+    for compressor, level in EVERY_PNG_SETTING:
+        data = encode_image(codes, bit_depth=bit_depth, png_level=level, png_compressor=compressor)
         cv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_ANYDEPTH)
-        assert cv.dtype == dtype and np.array_equal(cv, codes), level
+        assert cv.dtype == dtype and np.array_equal(cv, codes), (compressor, level)
         with Image.open(io.BytesIO(data)) as im:  # an independent decoder, which also checks the CRCs
             im.load()
             assert im.size == (shape[1], shape[0])
@@ -312,22 +317,32 @@ def test_integer_codes_encode_like_the_float_image(rgb):
 
 
 def test_png_levels_trade_size_for_time_never_pixels(rgb):
-    sizes = {level: len(encode_image(rgb, png_level=level)) for level in (0, 1, 9)}
+    sizes = {level: len(encode_image(rgb, png_level=level, png_compressor="libdeflate")) for level in (0, 1, 9)}
     assert sizes[0] > sizes[1] >= sizes[9]  # 0 stores, the others compress
     assert sizes[0] >= rgb.size
-    with pytest.raises(ValueError, match="png_level"):
-        encode_image(rgb, png_level=13)
+    isal = len(encode_image(rgb))  # the default: ISA-L level 1
+    assert isal < 0.8 * sizes[0] and isal < 1.15 * sizes[1]  # compresses about as well as libdeflate's level 1
+    with pytest.raises(ValueError, match="--png-level"):
+        encode_image(rgb, png_level=13, png_compressor="libdeflate")
+    with pytest.raises(ValueError, match="--png-level"):
+        encode_image(rgb, png_level=4)  # ISA-L has levels 0-3
+    with pytest.raises(ValueError, match="--png-compressor"):
+        encode_image(rgb, png_compressor="zlib")
 
 
 def test_png_settings_name_the_encoder_and_check_the_level():
     from blurforge.imageio import png_settings
 
     s = png_settings()
-    assert s["level"] == 1 and "libdeflate" in s["encoder"]
+    assert s["level"] == 1 and s["compressor"] == "isal" and "ISA-L" in s["encoder"]
+    lib = png_settings(12, "libdeflate")
+    assert lib["level"] == 12 and "libdeflate" in lib["encoder"]
     assert png_settings(0)["level"] == 0
-    for bad in (-1, 13, 1.5, True):
+    for bad in (-1, 4, 1.5, True):
         with pytest.raises(ValueError, match="--png-level"):
             png_settings(bad)
+    with pytest.raises(ValueError, match="--png-level"):
+        png_settings(13, "libdeflate")
 
 
 def test_png_compression_off_the_gil_gives_the_packages_bytes(rgb, monkeypatch):

@@ -533,7 +533,7 @@ def test_nonuniform_same_output_for_any_worker_count(photos_dir, small_bank, tmp
 
 def test_zero_objects_is_the_uniform_blur(photos_dir, small_bank, tmp_path):
     """--max-objects 0: the background kernel alone, i.e. exactly a uniform pair."""
-    from blurforge.imageio import read_image
+    from blurforge.imageio import read_image, read_image_pixels
     from blurforge.synthesize import crop_image
 
     out = tmp_path / "out"
@@ -543,10 +543,12 @@ def test_zero_objects_is_the_uniform_blur(photos_dir, small_bank, tmp_path):
         p = json.loads(row["params"])
         assert p["objects"] == []
         sharp, _ = read_image(photos_dir / p["input"])  # the source; the pair is cropped by p["crop"]
-        uni = render_uniform(sharp, bank.kernel(p["kernel_id"]), p["realism"], np.random.default_rng([row["seed"], 1]))
+        assert p["quantiser"] == "exact"  # 8-bit photos: the exactly rounded codes
+        uni = render_uniform(sharp, bank.kernel(p["kernel_id"]), p["realism"], np.random.default_rng([row["seed"], 1]),
+                             codes=True)
         uni = crop_image(uni, p["crop"])
-        blurry, _ = read_image(out / row["blur_path"])
-        assert np.abs(blurry - np.rint(uni * 255) / 255).max() < 1e-6
+        blurry, _ = read_image_pixels(out / row["blur_path"])
+        assert np.array_equal(blurry, uni)
 
 
 def test_resume_refuses_other_segmenter_settings(photos_dir, small_bank, tmp_path):

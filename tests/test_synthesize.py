@@ -106,6 +106,12 @@ def test_rows_rerender_exactly(photos_dir, small_bank, tmp_path):
         blurry = rerender(row, bank, out)
         p = json.loads(row["params"])
         assert sha256_bytes(encode_image(blurry, bit_depth=p["bit_depth"], fmt="png")) == row["blur_sha256"]
+        assert p["quantiser"] == "exact" and blurry.dtype == np.uint8  # 8-bit photos: exactly rounded codes
+        # rows from before the exact codes (no "quantiser") re-render as float sRGB, rounded when written
+        del p["quantiser"]
+        old = rerender({**row, "params": json.dumps(p)}, bank, out)
+        assert old.dtype == np.float32
+        assert np.abs(np.rint(old * 255) - blurry).max() <= 1 and np.mean(np.rint(old * 255) != blurry) < 1e-3
 
 
 def test_bad_input_zoo_becomes_pairs_or_error_rows(small_bank, tmp_path, capsys):
@@ -163,6 +169,29 @@ def test_resume_refuses_other_settings(photos_dir, small_bank, tmp_path, capsys)
     assert synth(photos_dir, small_bank, out) == 0
     assert synth(photos_dir, small_bank, out, "--noise", "rsblur") == 2
     assert "other settings (noise, noise_preset)" in capsys.readouterr().err
+
+
+def test_png_compressors_write_the_same_pixels_and_a_resume_keeps_its_own(photos_dir, small_bank, tmp_path, capsys):
+    runs = {}
+    for compressor in ("isal", "libdeflate"):
+        out = tmp_path / compressor
+        assert synth(photos_dir, small_bank, out, "--png-compressor", compressor) == 0
+        runs[compressor] = table_by_key(out)
+        assert json.loads((out / "run.json").read_text())["png"]["compressor"] == compressor
+    assert runs["isal"].keys() == runs["libdeflate"].keys()
+    for key, row in runs["isal"].items():
+        other = runs["libdeflate"][key]
+        assert row["blur_sha256"] != other["blur_sha256"]  # other bytes...
+        for col in ("blur_path", "sharp_path"):  # ... the same pixels
+            a = cv2.imread(str(tmp_path / "isal" / row[col]), cv2.IMREAD_UNCHANGED)
+            b = cv2.imread(str(tmp_path / "libdeflate" / other[col]), cv2.IMREAD_UNCHANGED)
+            assert a is not None and np.array_equal(a, b), (key, col)
+    capsys.readouterr()
+    assert synth(photos_dir, small_bank, tmp_path / "libdeflate") == 2  # the default is isal: refused, told how
+    assert "--png-compressor libdeflate --png-level 1" in capsys.readouterr().err
+    assert synth(photos_dir, small_bank, tmp_path / "libdeflate", "--png-compressor", "libdeflate") == 0
+    assert synth(photos_dir, small_bank, tmp_path / "x", "--png-level", "5") == 2  # not an ISA-L level
+    assert "--png-level must be an integer in 0..3 for --png-compressor isal" in capsys.readouterr().err
 
 
 def test_resuming_a_run_of_an_older_schema_is_refused(photos_dir, small_bank, tmp_path, capsys):

@@ -16,10 +16,14 @@ alternating the versions ``--repeats`` times and keeping each one's best) and ea
             atomic writes per pair, the shard tables), one process, for GoPro-like stride 1 and
             stride 7 windows and REDS-like interpolation.
 
-``frames/s`` is the rate at which the job consumes source frames (pairs/s × stride); ``ratio`` =
-frames/s ÷ the decode rate, both wall time in one process with OpenCV's default threads (1.0: as
-fast as decoding; the target for stride 1 is 0.8 on an idle 2-core machine — on a loaded one the
-summary line also gives the bound that the CPU times allow on 2 idle cores). ``cpu ms/pair`` is the
+``frames/s`` is the rate at which the job goes through the clip: its frames (every one is decoded
+and averaged) ÷ the job's wall time; ``ratio`` = frames/s ÷ the decode rate, i.e. decoding's wall
+time ÷ the job's, both in one process with OpenCV's default threads (1.0: as fast as decoding; the
+target for stride 1 is 0.8 on an idle 2-core machine — on a loaded one the summary line also gives
+the bound that the CPU times allow on 2 idle cores). ``pairs ratio`` counts pairs × stride instead
+of frames, as earlier versions of this script did: it also charges the job for the first N − 1
+frames of a clip, which no stride-1 window can be centred on (30 pairs from a 36-frame clip with
+N = 7, so at most 0.83 however fast the job), and approaches ``ratio`` on long clips. ``cpu ms/pair`` is the
 process's CPU time (all threads) per pair: the cost per core that the README's core-hour estimate
 uses. A one-worker warm-up run precedes the timings.
 
@@ -216,20 +220,21 @@ def speed(args: argparse.Namespace) -> None:
         print(f"| {label:<30} | {cpu:>12.1f} | {wall:>13.1f} |")
     print()
     print(f"| {'version':<7} | {'decoder':<7} | {'what':<28} | {'pairs':>5} | {'pairs/s':>7} | {'frames/s':>8} | "
-          f"{'ratio':>5} | {'cpu ms/pair':>11} |")
-    print(f"|{'-' * 9}|{'-' * 9}|{'-' * 30}|{'-' * 7}|{'-' * 9}|{'-' * 10}|{'-' * 7}|{'-' * 13}|")
+          f"{'ratio':>5} | {'pairs ratio':>11} | {'cpu ms/pair':>11} |")
+    print(f"|{'-' * 9}|{'-' * 9}|{'-' * 30}|{'-' * 7}|{'-' * 9}|{'-' * 10}|{'-' * 7}|{'-' * 13}|{'-' * 13}|")
     for name in versions:
         for decoder in decoders:
             dec = best[name][f"{decoder}|decode"]
             decode_rate = dec["frames"] / dec["wall"]
             print(f"| {name:<7} | {decoder:<7} | {'decode only':<28} | {'-':>5} | {'-':>7} | {decode_rate:>8.1f} | "
-                  f"{1.0:>5.2f} | {'-':>11} |")
+                  f"{1.0:>5.2f} | {1.0:>11.2f} | {'-':>11} |")
             for label, *_ in SETTINGS:
                 r = best[name][f"{decoder}|{label}"]
                 rate = r["pairs"] / r["wall"]
+                frame_rate = dec["frames"] / r["wall"]
                 print(f"| {name:<7} | {decoder:<7} | {label:<28} | {r['pairs']:>5} | {rate:>7.2f} | "
-                      f"{rate * r['stride']:>8.1f} | {rate * r['stride'] / decode_rate:>5.2f} | "
-                      f"{1e3 * r['cpu'] / r['pairs']:>11.0f} |")
+                      f"{frame_rate:>8.1f} | {frame_rate / decode_rate:>5.2f} | "
+                      f"{rate * r['stride'] / decode_rate:>11.2f} | {1e3 * r['cpu'] / r['pairs']:>11.0f} |")
     if "before" in versions:
         print("\nspeed-up (after / before): wall pairs/s, and cpu per pair")
         for decoder in decoders:
@@ -239,12 +244,12 @@ def speed(args: argparse.Namespace) -> None:
                       f"cpu x{(b['cpu'] / b['pairs']) / (a['cpu'] / a['pairs']):.2f}")
     for decoder in decoders:
         dec, r = best["after"][f"{decoder}|decode"], best["after"][f"{decoder}|{SETTINGS[0][0]}"]
-        rate = r["pairs"] / r["wall"] * r["stride"]
+        rate = dec["frames"] / r["wall"]  # the clip's frames per second of the job
         decode_cpu = next(c for label, c, _ in decoding if label.startswith({"decord": "decord", "av": "PyAV"}[decoder])
                           and "blurforge" in label)
         rest = 1e3 * r["cpu"] / r["pairs"] - decode_cpu
         print(f"stride-1 ({decoder}, after): {rate / (dec['frames'] / dec['wall']):.2f} of the raw decode rate "
-              f"(target >= 0.8); CPU per frame: decoding {decode_cpu:.0f} ms + the rest {rest:.0f} ms, so on 2 idle "
+              f"(target >= 0.8; pairs ratio {r['pairs'] / r['wall'] / (dec['frames'] / dec['wall']):.2f}); CPU per frame: decoding {decode_cpu:.0f} ms + the rest {rest:.0f} ms, so on 2 idle "
               f"cores at most {min(1.0, 2 * decode_cpu / (decode_cpu + rest)):.2f}")
     for decoder in decoders:
         r = best["after"][f"{decoder}|{SETTINGS[2][0]}"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -291,42 +292,49 @@ def convolve(image_lin: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     ``cv2.dft`` exploits). Channels run on up to ``cv2.getNumThreads()`` threads (set
     ``cv2.setNumThreads(1)`` in process pools).
     """
-    k = _check_kernel(kernel)
     img = np.asarray(image_lin, dtype=_F32)
     if img.ndim not in (2, 3) or img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"image must be H×W or H×W×C with H, W > 0, got shape {img.shape}")
-    h, w = img.shape[:2]
-    k, centre = _crop_to_support(k)
-    kh, kw = k.shape
     if img.ndim == 2:
         planes = [img]
     elif img.shape[2] <= 4:
         planes = list(cv2.split(img))  # contiguous planes, one pass
     else:
         planes = [np.ascontiguousarray(img[..., c]) for c in range(img.shape[2])]
-    if k.size <= _DIRECT_MAX_TAPS and h > kh and w > kw:
-        results = [_convolve_direct(src, k, centre) for src in planes]
-    else:
-        fh = cv2.getOptimalDFTSize(h + kh - 1)
-        fw = cv2.getOptimalDFTSize(w + kw - 1)
-        kpad = np.zeros((fh, fw), dtype=_F32)
-        kpad[:kh, :kw] = k
-        kspec = cv2.dft(kpad, nonzeroRows=kh)
-
-        def one_plane(src: np.ndarray) -> np.ndarray:
-            return _convolve_plane_dft(src, k, centre, kspec)
-
-        n_threads = _n_threads(len(planes))
-        if n_threads == 1:
-            results = [one_plane(src) for src in planes]
-        else:
-            with ThreadPoolExecutor(n_threads) as pool:  # cv2 releases the GIL
-                results = list(pool.map(one_plane, planes))
+    results = convolve_planes(planes, kernel)
     if img.ndim == 2:
         return np.ascontiguousarray(results[0])
     if img.shape[2] <= 4:
         return cv2.merge(results).reshape(img.shape)
     return np.stack(results, axis=-1)
+
+
+def convolve_planes(planes: Sequence[np.ndarray], kernel: np.ndarray) -> list[np.ndarray]:
+    """``convolve`` of each ``H×W`` plane (all one size), as a list of float32 planes: for
+    callers that work channel by channel, without splitting and merging ``H×W×C`` arrays."""
+    k = _check_kernel(kernel)
+    planes = [np.ascontiguousarray(p, dtype=_F32) for p in planes]
+    h, w = planes[0].shape
+    if any(p.shape != (h, w) for p in planes) or h == 0 or w == 0:
+        raise ValueError(f"planes must be non-empty H×W arrays of one size, got {[p.shape for p in planes]}")
+    k, centre = _crop_to_support(k)
+    kh, kw = k.shape
+    if k.size <= _DIRECT_MAX_TAPS and h > kh and w > kw:
+        return [_convolve_direct(src, k, centre) for src in planes]
+    fh = cv2.getOptimalDFTSize(h + kh - 1)
+    fw = cv2.getOptimalDFTSize(w + kw - 1)
+    kpad = np.zeros((fh, fw), dtype=_F32)
+    kpad[:kh, :kw] = k
+    kspec = cv2.dft(kpad, nonzeroRows=kh)
+
+    def one_plane(src: np.ndarray) -> np.ndarray:
+        return _convolve_plane_dft(src, k, centre, kspec)
+
+    n_threads = _n_threads(len(planes))
+    if n_threads == 1:
+        return [one_plane(src) for src in planes]
+    with ThreadPoolExecutor(n_threads) as pool:  # cv2 releases the GIL
+        return list(pool.map(one_plane, planes))
 
 
 def _crop_to_support(k: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -582,6 +590,12 @@ def render_uniform(
     sharp = np.asarray(sharp_srgb)
     if sharp.ndim != 3 or sharp.shape[2] != 3:
         raise ValueError(f"sharp_srgb must be H×W×3, got shape {sharp.shape}")
+    if codes and not realism_params and sharp.dtype == np.uint8:
+        # 8-bit in, 8-bit out: colour plane by plane, without splitting and merging float images
+        # (the same values as below: one table, one convolution per plane, exact codes)
+        table = _srgb_to_linear_table()
+        blurred = convolve_planes([cv2.LUT(p, table) for p in cv2.split(sharp)], k)
+        return cv2.merge([linear_to_codes(p, "srgb") for p in blurred])
     sharp_lin = srgb_to_linear(sharp)
     blurry_lin = convolve(sharp_lin, k)
     if realism_params:

@@ -57,8 +57,8 @@ PNG_COMPRESSOR_HELP = ("how the PNG files are compressed, lossless either way: i
                        "libdeflate (its bytes do not depend on the CPU, only on its version; ISA-L picks code "
                        "paths by CPU features, the pixels are the same)")
 PNG_LEVEL_HELP = ("PNG compression level, lossless at every level: isal 0-3, libdeflate 0-12 (0 stores "
-                  "uncompressed, ~2x larger files; 6-12 are a few percent smaller and several times slower); "
-                  "default 1, the fastest level that compresses well")
+                  "uncompressed, ~2x larger files; 6-12 are a few percent smaller and several times slower) "
+                  "(default: 1, the fastest level that compresses well)")
 RETRIES_HELP = "times a shard that failed as a whole (a crashed worker) is retried before it is reported"
 
 

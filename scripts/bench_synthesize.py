@@ -6,10 +6,12 @@
 A sharp 1280×720 photo (scikit-image's astronaut, resized and cropped) is written as PNG to a
 temp folder. For each pair (its own random-walk kernel) it times:
 
-- decode: ``read_image`` of the PNG;
-- blur:   ``render_uniform`` without realism (sRGB → linear, convolve, → sRGB);
-- encode: ``encode_image`` PNG of the blurry and the sharp image + their SHA-256, against
-  OpenCV's PNG writer at its default (what blurforge used before) on the same images;
+- decode: ``read_image_pixels`` of the PNG (8-bit codes, as the worker reads photos);
+- blur:   ``render_uniform`` without realism (codes → linear, convolve, → exact 8-bit codes), against
+  the float path it replaced (float sRGB in, the float sRGB curve out, rounded as the writer did);
+- encode: ``encode_image`` PNG of the blurry and the sharp image + their SHA-256 with ISA-L (the
+  default compressor), against libdeflate level 1 (the previous default) and OpenCV's PNG writer
+  at its default (what blurforge used before that) on the same images;
 
 and prints the median/min per stage and pairs/s (one process). Baseline in the same run:
 ``cv2.filter2D`` (flipped kernel, BORDER_REFLECT) on the same float32 linear data with the
@@ -87,14 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
 
     from blurforge.blur import convolve, render_uniform, srgb_to_linear
-    from blurforge.imageio import encode_image, read_image, sha256_bytes
+    from blurforge.imageio import encode_image, quantise, read_image_pixels, sha256_bytes
 
     rng = np.random.default_rng(args.seed)
     stages: dict[str, list[float]] = {
-        "decode (read_image)": [],
+        "decode (read_image_pixels)": [],
         "blur (render_uniform)": [],
         "  of which convolve": [],
+        "  baseline float sRGB, rounded": [],
         "encode (2 PNG + sha256)": [],
+        "  libdeflate level 1": [],
         "  baseline cv2.imencode PNG": [],
         "baseline cv2.filter2D": [],
         "dense kernel: render_uniform": [],
@@ -109,22 +113,27 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.pairs):
             k = random_walk_kernel(rng, args.kernel_size)
             k_flipped = np.ascontiguousarray(k[::-1, ::-1])
-            t, (sharp, _info) = timed(lambda: read_image(src), args.repeats)
-            stages["decode (read_image)"] += t
+            t, (sharp, _info) = timed(lambda: read_image_pixels(src), args.repeats)
+            stages["decode (read_image_pixels)"] += t
+            sharp_float = np.divide(sharp, np.float32(255), dtype=np.float32)
             sharp_lin = srgb_to_linear(sharp)
             for _ in range(args.repeats):  # interleaved, so both see the same machine state
-                t, blurry = timed(lambda: render_uniform(sharp, k, None, rng), 1)
+                t, blurry = timed(lambda: render_uniform(sharp, k, None, rng, codes=True), 1)
                 stages["blur (render_uniform)"] += t
                 stages["  of which convolve"] += timed(lambda: convolve(sharp_lin, k), 1)[0]
+                stages["  baseline float sRGB, rounded"] += timed(
+                    lambda: quantise(render_uniform(sharp_float, k, None, rng), 8), 1)[0]
                 stages["baseline cv2.filter2D"] += timed(
                     lambda: cv2.filter2D(sharp_lin, -1, k_flipped, borderType=cv2.BORDER_REFLECT), 1
                 )[0]
             stages["encode (2 PNG + sha256)"] += timed(
                 lambda: [sha256_bytes(encode_image(im)) for im in (blurry, sharp)], args.repeats
             )[0]
+            stages["  libdeflate level 1"] += timed(
+                lambda: [sha256_bytes(encode_image(im, png_compressor="libdeflate")) for im in (blurry, sharp)],
+                args.repeats)[0]
             stages["  baseline cv2.imencode PNG"] += timed(  # OpenCV's writer at its default, as before
-                lambda: [sha256_bytes(cv2.imencode(".png", cv2.cvtColor(
-                    np.rint(np.clip(im, 0, 1) * np.float32(255)).astype(np.uint8), cv2.COLOR_RGB2BGR))[1].tobytes())
+                lambda: [sha256_bytes(cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes())
                     for im in (blurry, sharp)], args.repeats)[0]
         elapsed = time.perf_counter() - t_start
         for _ in range(max(3, args.repeats)):
@@ -141,13 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"|{'-' * 32}|{'-' * 11}|{'-' * 9}|")
     for name in stages:
         print(f"| {name:<30} | {med[name]:>9.1f} | {low[name]:>7.1f} |")
-    per_pair = med["decode (read_image)"] + med["blur (render_uniform)"] + med["encode (2 PNG + sha256)"]
+    per_pair = med["decode (read_image_pixels)"] + med["blur (render_uniform)"] + med["encode (2 PNG + sha256)"]
     print(f"| {'total per pair':<30} | {per_pair:>9.1f} | {'':>7} |")
     print()
     base = med["baseline cv2.filter2D"]
     print(f"pairs/s (decode+blur+encode, medians): {1e3 / per_pair:.1f}")
     print(f"ratio cv2.imencode PNG / our PNG writer:    "
           f"{med['  baseline cv2.imencode PNG'] / med['encode (2 PNG + sha256)']:.2f}  (> 1: ours faster)")
+    print(f"ratio libdeflate level 1 / ISA-L level 1:   "
+          f"{med['  libdeflate level 1'] / med['encode (2 PNG + sha256)']:.2f}")
+    print(f"ratio float sRGB path / exact codes path:   "
+          f"{med['  baseline float sRGB, rounded'] / med['blur (render_uniform)']:.2f}")
     print(f"ratio filter2D / blur incl. linearisation: {base / med['blur (render_uniform)']:.2f}  (> 1: ours faster)")
     print(f"ratio filter2D / convolve alone:           {base / med['  of which convolve']:.2f}")
     print(f"ratio filter2D / blur, dense kernel:       "

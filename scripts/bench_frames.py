@@ -247,7 +247,7 @@ def speed(args: argparse.Namespace) -> None:
         rate = dec["frames"] / r["wall"]  # the clip's frames per second of the job
         decode_cpu = next(c for label, c, _ in decoding if label.startswith({"decord": "decord", "av": "PyAV"}[decoder])
                           and "blurforge" in label)
-        rest = 1e3 * r["cpu"] / r["pairs"] - decode_cpu
+        rest = 1e3 * r["cpu"] / dec["frames"] - decode_cpu  # the job's CPU per frame of the clip, less decoding
         print(f"stride-1 ({decoder}, after): {rate / (dec['frames'] / dec['wall']):.2f} of the raw decode rate "
               f"(target >= 0.8; pairs ratio {r['pairs'] / r['wall'] / (dec['frames'] / dec['wall']):.2f}); CPU per frame: decoding {decode_cpu:.0f} ms + the rest {rest:.0f} ms, so on 2 idle "
               f"cores at most {min(1.0, 2 * decode_cpu / (decode_cpu + rest)):.2f}")

@@ -283,10 +283,9 @@ def _ward_merge(labels: np.ndarray, features: np.ndarray, n_regions: int, min_ga
         return c
 
     total_ss = float((size[:, None] * (mean - (size @ mean) / size.sum()) ** 2).sum())
-    # every row of cost_row at once: the same operations on the same values, so the same floats
-    d2 = ((mean[None, :, :] - mean[:, None, :]) ** 2).sum(2)
-    cost = size[None, :] * size[:, None] / np.maximum(size[None, :] + size[:, None], 1) * d2
-    cost[~adjacent] = np.inf
+    cost = np.full((r, r), np.inf)
+    for i in range(r):
+        cost[i] = cost_row(i)
     while n_alive > 1:
         flat_min = int(np.argmin(cost))
         i, j = divmod(flat_min, r)

@@ -162,10 +162,10 @@ def fill_hidden(image: np.ndarray, source: np.ndarray, target: np.ndarray) -> np
     # distanceTransform measures from the zero pixels; DIST_LABEL_PIXEL numbers them 1.. in row-major order
     _, labels = cv2.distanceTransformWithLabels(np.where(src, 0, 1).astype(np.uint8), cv2.DIST_L2,
                                                 cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL)
-    crop = np.ascontiguousarray(out[box])
-    flat = crop.reshape(-1, crop.shape[2])
-    flat[np.flatnonzero(tgt)] = flat[np.flatnonzero(src)[labels[tgt] - 1]]  # (all read before any write)
-    out[box] = crop
+    index = np.arange(src.size)  # where each pixel of the box takes its value from
+    index[np.flatnonzero(tgt)] = np.flatnonzero(src)[labels[tgt] - 1]
+    crop = out[box]
+    out[box] = np.take(crop.reshape(-1, crop.shape[2]), index, axis=0).reshape(crop.shape)
     return out
 
 

@@ -53,8 +53,8 @@ def srgb_to_linear(x_srgb: np.ndarray) -> np.ndarray:
     codes ``k`` themselves (``read_image_pixels`` of an 8-bit file) and goes straight to the table.
     """
     if isinstance(x_srgb, np.ndarray) and x_srgb.dtype == np.uint8:  # 8-bit codes k: the table of k / 255
-        plane = x_srgb.reshape(-1, x_srgb.shape[-1]) if x_srgb.ndim and x_srgb.shape[-1] <= 4 else x_srgb.reshape(1, -1)
-        return cv2.LUT(np.ascontiguousarray(plane), _srgb_to_linear_table()).reshape(x_srgb.shape)
+        codes = _lut_plane(np.ascontiguousarray(x_srgb))
+        return cv2.LUT(codes, _srgb_to_linear_table()).reshape(x_srgb.shape)
     x = np.asarray(x_srgb, dtype=_F32)
     codes = _as_8bit_codes(x)
     if codes is not None:
@@ -87,6 +87,12 @@ def _code_values() -> np.ndarray:
     return np.divide(np.arange(256, dtype=np.uint8), _F32(255), dtype=_F32)
 
 
+def _lut_plane(x: np.ndarray) -> np.ndarray:
+    """A contiguous ``x`` as the 2-D array ``cv2.LUT`` and ``cv2.convertScaleAbs`` take: one row
+    per pixel of up to 4 channels, else a single row."""
+    return x.reshape(-1, x.shape[-1]) if x.ndim and x.shape[-1] <= 4 else x.reshape(1, -1)
+
+
 # Below this many values the plain formula is as fast as looking for 8-bit codes.
 _MIN_TABLE_SIZE = 4096
 
@@ -105,7 +111,7 @@ def _as_8bit_codes(x: np.ndarray) -> np.ndarray | None:
     k = np.rint(sample * _F32(255))
     if not (k.min() >= 0 and k.max() <= 255 and np.array_equal(_code_values()[k.astype(np.intp)], sample)):
         return None
-    plane = flat.reshape(-1, x.shape[-1]) if x.shape[-1] <= 4 else flat.reshape(1, -1)
+    plane = _lut_plane(x)
     codes = cv2.convertScaleAbs(plane, alpha=255.0)  # round-to-nearest, saturated to 0..255
     if not np.array_equal(cv2.LUT(codes, _code_values()), plane):  # (cv2.compare misses NaN)
         return None  # NaN, negative or in-between values somewhere
@@ -593,8 +599,7 @@ def render_uniform(
     if codes and not realism_params and sharp.dtype == np.uint8:
         # 8-bit in, 8-bit out: colour plane by plane, without splitting and merging float images
         # (the same values as below: one table, one convolution per plane, exact codes)
-        table = _srgb_to_linear_table()
-        blurred = convolve_planes([cv2.LUT(p, table) for p in cv2.split(sharp)], k)
+        blurred = convolve_planes([srgb_to_linear(p) for p in cv2.split(sharp)], k)
         return cv2.merge([linear_to_codes(p, "srgb") for p in blurred])
     sharp_lin = srgb_to_linear(sharp)
     blurry_lin = convolve(sharp_lin, k)

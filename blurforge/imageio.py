@@ -118,7 +118,12 @@ def read_image_pixels(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
 def _decode(data: bytes, path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """``read_image`` on bytes already read; ``path`` only names the input in errors."""
     rgb, info = _decode_pixels(data, path)
-    return np.divide(rgb, np.float32(2 ** info["bit_depth"] - 1), dtype=np.float32), info
+    return pixels_to_float(rgb, info["bit_depth"]), info
+
+
+def pixels_to_float(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
+    """``read_image``'s float32 values in [0, 1] of stored samples (``read_image_pixels``)."""
+    return np.divide(pixels, np.float32(2**bit_depth - 1), dtype=np.float32)
 
 
 def _decode_pixels(data: bytes, path: str | os.PathLike) -> tuple[np.ndarray, dict]:
@@ -301,7 +306,6 @@ def decode_image_bytes(data: bytes) -> np.ndarray:
 PNG_COMPRESSORS = {"isal": range(0, 4), "libdeflate": range(0, 13)}  # name: its levels
 DEFAULT_PNG_COMPRESSOR = "isal"
 DEFAULT_PNG_LEVEL = 1  # the fastest level that compresses well, for either compressor
-PNG_LEVELS = PNG_COMPRESSORS["libdeflate"]  # every level some compressor accepts
 
 
 def png_settings(level: int | None = None, compressor: str | None = None) -> dict:

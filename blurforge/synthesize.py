@@ -137,11 +137,6 @@ def sample_uniform_params(rng: np.random.Generator, bank, config: dict) -> dict:
     }
 
 
-def _as_float(image: np.ndarray) -> np.ndarray:
-    """Float sRGB in [0, 1] of uint8 codes (as ``read_image`` computes it); floats as they are."""
-    return np.divide(image, np.float32(255), dtype=np.float32) if image.dtype == np.uint8 else image
-
-
 def render_blurry(sharp_srgb: np.ndarray, kernel: np.ndarray, params: dict, seed: int) -> np.ndarray:
     """The blurry sRGB image of a sample, from its sharp image, kernel, params and seed (pure):
     float sRGB, or its exact 8-bit codes when the params say so (``blur.exact_codes``)."""
@@ -154,7 +149,8 @@ def render_blurry(sharp_srgb: np.ndarray, kernel: np.ndarray, params: dict, seed
 def synthesize_worker(task: ShardTask) -> dict:
     """Pure shard worker: reads sharp images, renders pairs, writes images then the shard tables."""
     from blurforge.blur import EXACT_QUANTISER
-    from blurforge.imageio import ImageReadError, encode_image, png_options, read_image_pixels, sha256_bytes
+    from blurforge.imageio import (ImageReadError, encode_image, pixels_to_float, png_options, read_image_pixels,
+                                   sha256_bytes)
 
     cfg = task.config
     out = Location(task.out)
@@ -179,8 +175,7 @@ def synthesize_worker(task: ShardTask) -> dict:
                 decoded.clear()
                 pixels, info = read_image_pixels(src)
                 # 8-bit photos stay codes (rendered through a table, written as they are); 16-bit as floats
-                decoded[rel] = (pixels if info["bit_depth"] == 8 else np.divide(pixels, np.float32(65535),
-                                                                                 dtype=np.float32), info)
+                decoded[rel] = (pixels if info["bit_depth"] == 8 else pixels_to_float(pixels, 16), info)
                 group = source_group(src)
             sharp, info = decoded[rel]
             h, w = sharp.shape[:2]
@@ -200,7 +195,7 @@ def synthesize_worker(task: ShardTask) -> dict:
                 segmenter = _segmenter(cfg["segmenter"])
                 if rel not in segmented:
                     segmented.clear()
-                    segmented[rel] = segmenter.segment(_as_float(sharp))
+                    segmented[rel] = segmenter.segment(pixels_to_float(sharp, 8) if sharp.dtype == np.uint8 else sharp)
                 timing["segment_s"] += time.perf_counter() - t
                 stage = "render"
                 t = time.perf_counter()

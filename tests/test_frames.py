@@ -449,12 +449,14 @@ def _sample(image, x, y, warp):
             + fy * ((1 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1)))
 
 
+@pytest.mark.parametrize("engine", ["auto", "opencv"])
 @pytest.mark.parametrize("warp", ["nearest", "linear"])
 @pytest.mark.parametrize("blend", ["nearer", "both"])
-def test_inbetween_sum_is_the_sum_of_the_warped_frames(warp, blend):
+def test_inbetween_sum_is_the_sum_of_the_warped_frames(warp, blend, engine):
     # Every in-between warped by plain indexing (Super SloMo's flows at t = i/16, the nearer frame
-    # or both blended) and summed in float64, against the banded cv2 rendering; 150 rows: three
-    # bands, the last one short.
+    # or both blended) and summed in float64, against the banded cv2 rendering (engine "opencv";
+    # "auto" takes the fused numba pass for the default nearer/nearest); 150 rows: three bands,
+    # the last one short.
     from blurforge.frames import inbetween_sum
 
     rng = np.random.default_rng(4)
@@ -472,7 +474,7 @@ def test_inbetween_sum_is_the_sum_of_the_warped_frames(warp, blend):
         if 1 - w0:
             expected += (1 - w0) * _sample(b, xx + ft1[..., 0], yy + ft1[..., 1], warp)
     assert np.abs(f01).max() > 20  # the warps reach well past the borders and the bands
-    got = inbetween_sum(a, b, f01, f10, k, blend=blend, warp=warp)
+    got = inbetween_sum(a, b, f01, f10, k, blend=blend, warp=warp, engine=engine)
     assert got.dtype == np.float32 and got.shape == a.shape
     err = np.abs(got - expected)
     if warp == "nearest":  # float32 maps may round a position within ~1e-5 px of a half the other way
@@ -480,8 +482,82 @@ def test_inbetween_sum_is_the_sum_of_the_warped_frames(warp, blend):
     else:  # OpenCV's bilinear weights are rounded (to 1/32 px at most)
         assert err.max() < 0.01 and err.mean() < 1e-3
     start = rng.random((h, w, 4), dtype=np.float32)
-    with_start = inbetween_sum(a, b, f01, f10, k, blend=blend, warp=warp, initial=start)
+    with_start = inbetween_sum(a, b, f01, f10, k, blend=blend, warp=warp, initial=start, engine=engine)
     assert np.allclose(with_start, start + got, rtol=0, atol=1e-5)
+
+
+def _tie_flows(rng, h, w):
+    # Integer flows: with k = 3 the flows at t = 1/4, 1/2, 3/4 are (−3·F01 + F10)/16 and the like,
+    # so many positions fall exactly half-way between pixels (both paths must round them to even).
+    return [rng.integers(-40, 41, (h, w, 2)).astype(np.float32) for _ in range(2)]
+
+
+def _fma_flows(rng, h, w, k):
+    # x flows whose first in-between (t = 1/(k+1)) lands at a position that rounds one way when
+    # α·F01 + β·F10 is one fused multiply-add (as cv2.addWeighted computes it) and the other way
+    # when the two products are rounded separately; returns the flows and the share of such pixels.
+    t = 1 / (k + 1)
+    alpha, beta = np.float32(-(1 - t) * t), np.float32(t * t)
+    xs = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
+    f10x = rng.uniform(-30, 30, (h, w)).astype(np.float32)
+    p = f10x * beta
+    aim = np.floor(rng.uniform(-20, 20, (h, w))) + 0.5  # a half-way flow value
+    f0 = ((aim - p.astype(np.float64)) / alpha).astype(np.float32)
+    chosen, found = f0.copy(), np.zeros((h, w), bool)
+    for step in range(-64, 65):  # the floats next to f0
+        fa = f0 + step * np.spacing(f0)
+        fused = (fa.astype(np.float64) * alpha + p).astype(np.float32) + xs  # exact product, one rounding
+        plain = (fa * alpha + p) + xs
+        hit = ~found & (np.rint(fused) != np.rint(plain))
+        chosen[hit], found[hit] = fa[hit], True
+    f01, f10 = np.zeros((h, w, 2), np.float32), np.zeros((h, w, 2), np.float32)
+    f01[..., 0], f10[..., 0] = chosen, f10x
+    return f01, f10, found.mean()
+
+
+@pytest.mark.parametrize("case", ["smooth, past the borders", "ties", "fused multiply-add", "photo flow, k=1",
+                                  "odd size"])
+def test_numba_engine_is_bit_identical_to_opencv(case):
+    # The fused pass (blurforge.warpsum) promises the OpenCV rendering's exact bits: the flow at
+    # t through cv2.addWeighted's fused multiply-add, positions rounded half to even, replicated
+    # borders, the sum in the same order.
+    from blurforge.frames import inbetween_sum, make_flow, pair_flows
+
+    rng = np.random.default_rng(11)
+    h, w, k = {"odd size": (37, 53, 15), "ties": (64, 96, 3)}.get(case, (120, 160, 15))
+    if case == "photo flow, k=1":
+        k = 1
+    a, b = (rng.random((h, w, 4), dtype=np.float32) for _ in range(2))
+    if case == "ties":
+        f01, f10 = _tie_flows(rng, h, w)
+        t = 0.25  # the first in-between: F_t0 = −(3/16)·F01 + (1/16)·F10
+        x = -(1 - t) * t * f01[..., 0] + t * t * f10[..., 0]
+        assert np.mean(x % 1 == 0.5) > 0.05
+    elif case == "fused multiply-add":
+        f01, f10, share = _fma_flows(rng, h, w, k)
+        assert share > 0.1
+    elif case == "photo flow, k=1":
+        g = cv2.resize(cv2.cvtColor(photo("coffee", (w, h)), cv2.COLOR_RGB2GRAY), (w, h))
+        f01, f10 = pair_flows(g, np.roll(g, (3, -5), axis=(0, 1)), make_flow())
+    else:
+        f01, f10 = (cv2.GaussianBlur(rng.normal(0, 300, (h, w, 2)).astype(np.float32), (0, 0), 9) for _ in range(2))
+        assert np.abs(f01).max() > 30
+    for initial in (None, rng.random((h, w, 4), dtype=np.float32)):
+        fused = inbetween_sum(a, b, f01, f10, k, initial=initial, engine="numba")
+        reference = inbetween_sum(a, b, f01, f10, k, initial=initial, engine="opencv")
+        assert fused.dtype == np.float32 and np.array_equal(fused, reference)
+
+
+def test_numba_engine_refuses_what_it_does_not_render():
+    from blurforge.frames import inbetween_sum
+
+    a = np.zeros((8, 8, 4), np.float32)
+    f = np.zeros((8, 8, 2), np.float32)
+    for settings in ({"warp": "linear"}, {"blend": "both"}):
+        with pytest.raises(ValueError, match="numba engine"):
+            inbetween_sum(a, a, f, f, 3, engine="numba", **settings)
+    with pytest.raises(ValueError, match="numba engine"):
+        inbetween_sum(a[..., :3], a[..., :3], f, f, 3, engine="numba")
 
 
 def test_flow_interpolation_matches_a_densely_sampled_sub_pixel_pan():

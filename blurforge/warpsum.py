@@ -11,17 +11,22 @@ flows at ``t``, the maps and the warped frames never exist as images.
 The result is bit-identical to the OpenCV path (``tests/test_frames.py`` compares them):
 
 - the flow at ``t`` is ``fma(α, F01, β·F10)`` rounded once to float32, which is what
-  ``cv2.addWeighted`` computes on float32 images with its fused multiply-add; ``llvm.fma`` is
-  exactly rounded on every CPU (a library call where the CPU has no FMA instruction);
+  ``cv2.addWeighted`` computes on float32 images on CPUs with FMA instructions (its AVX2 code;
+  without them OpenCV rounds the product first, so the two engines agree only on such CPUs);
+  ``llvm.fma`` is exactly rounded on every CPU (a library call where it has no FMA instruction),
+  so this engine's bits do not depend on the CPU;
 - the position is that plus the pixel coordinate in float32 (``cv2.add`` of the grid);
 - ``cv2.remap`` with ``INTER_NEAREST`` rounds a float position half to even and replicates the
   border, i.e. clamps to ``[0, W-1] × [0, H-1]``: clamping first and ``rint`` give the same index;
 - every pixel's sum is ``initial + warp₁ + warp₂ + …`` in float32 in the order of the terms.
 
 Compiled on first use (about 5 s) and cached by numba next to this file (or in its user cache
-when that is read-only), so later processes load it in well under a second.
+when that is read-only; uncached when neither can be written), so later processes load it in
+well under a second.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import njit, types
@@ -29,6 +34,16 @@ from numba.extending import intrinsic
 
 # No 'contract' or 'reassoc': every rounding stays where the OpenCV path has it.
 _NO_NAN = {"nnan", "ninf", "nsz"}
+
+
+def _jit(fn=None, **options):
+    """``numba.njit`` (no GIL, no bounds checks), cached on disk where numba finds a writable place."""
+    if fn is None:
+        return functools.partial(_jit, **options)
+    try:
+        return njit(cache=True, nogil=True, boundscheck=False, **options)(fn)
+    except RuntimeError:  # "cannot cache function …: no locator available": compile per process
+        return njit(cache=False, nogil=True, boundscheck=False, **options)(fn)
 
 
 @intrinsic
@@ -42,7 +57,7 @@ def _fma32(typingctx, a, b, c):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True, boundscheck=False, fastmath=_NO_NAN)
+@_jit(fastmath=_NO_NAN)
 def _row_positions(fa, fb, alpha, beta, xs, y, width, height, out):
     """Flat float offsets (``4·(Y·W + X)``) of one row's nearest source pixels for one in-between."""
     zero = np.float32(0)
@@ -58,7 +73,7 @@ def _row_positions(fa, fb, alpha, beta, xs, y, width, height, out):
         out[x] = (np.int32(np.rint(py)) * w32 + np.int32(np.rint(px))) * np.int32(4)
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@_jit
 def _nearest_sum(frame0, frame1, f01, f10, n0, alpha, beta, initial, out):
     """Per row: every term's source offsets, then each pixel's sum over the terms in registers
     (terms ``0 … n0-1`` sample ``frame0``, the rest ``frame1``)."""

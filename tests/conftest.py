@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,15 @@ def photo(name: str, size: tuple[int, int] | None = None) -> np.ndarray:
     if size is not None:
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     return img
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under root except run-specific ones (timings)."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "stats" not in p.parts
+    }
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:

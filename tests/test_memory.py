@@ -3,12 +3,11 @@ depend on it, i.e. no array is read before it is written."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import photo, write_png
+from conftest import digest_tree, photo, write_png
 from test_frames import make_clip
 
 JOBS = r"""
@@ -29,15 +28,6 @@ print("tuned" if shards._MALLOC_TUNED and sys.argv[1] == "reuse" else sys.argv[1
 """
 
 
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and "stats" not in p.parts:
-            h.update(p.relative_to(root).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def test_reused_memory_changes_no_output_byte(tmp_path, small_bank):
     # 320×240 photos and 192×128 RGBA float frames are over glibc's default mmap threshold
     # (128 KiB), so without the tuning each is a fresh zeroed mapping; with it, the blocks of
@@ -55,5 +45,5 @@ def test_reused_memory_changes_no_output_byte(tmp_path, small_bank):
         assert run.returncode == 0, run.stderr[-3000:]
         assert run.stdout.split()[-1] == ("tuned" if mode == "reuse" else "fresh")
         assert len(list((out / "frames").rglob("*.png"))) >= 6
-        digests[mode] = _digest(out)
+        digests[mode] = digest_tree(out)
     assert digests["reuse"] == digests["fresh"]

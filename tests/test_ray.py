@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from blurforge.cli import main  # noqa: E402
+from conftest import digest_tree  # noqa: E402
 from blurforge.shards import ShardTask, finish_shard, make_tasks, run_shards  # noqa: E402
 
 
@@ -23,15 +23,6 @@ def ray_cluster():
              object_store_memory=200 * 2**20)
     yield
     ray.shutdown()
-
-
-def digest_tree(root: Path) -> dict[str, str]:
-    """sha256 of every file under root except run-specific ones (timings)."""
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "stats" not in p.parts
-    }
 
 
 def test_kernel_bank_is_byte_identical_under_ray(ray_cluster, tmp_path):

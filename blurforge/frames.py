@@ -60,6 +60,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -251,10 +252,9 @@ def inbetween_sum(a_lin: np.ndarray, b_lin: np.ndarray, f01: np.ndarray, f10: np
         raise ValueError(f"engine must be 'auto', 'opencv' or 'numba', got {engine!r}")
     if engine == "numba" and not fused:
         raise ValueError("the numba engine renders nearest-neighbour warps of the nearer frame, 4 channels")
-    if fused and engine != "opencv":
-        from blurforge.warpsum import nearest_warp_sum  # numba: imported by interpolating jobs only
-
-        return nearest_warp_sum(a_lin, b_lin, f01, f10, terms, initial)
+    warp_sum = _fused_warp_sum(required=engine == "numba") if fused and engine != "opencv" else None
+    if warp_sum is not None:
+        return warp_sum(a_lin, b_lin, f01, f10, terms, initial)
     h, w = a_lin.shape[:2]
     interpolation = WARPS[warp]
     frames = (a_lin, b_lin)
@@ -278,6 +278,23 @@ def inbetween_sum(a_lin: np.ndarray, b_lin: np.ndarray, f01: np.ndarray, f10: np
         if summed is not acc:  # no terms (k = 0)
             acc[...] = summed
     return total
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_warp_sum(required: bool):
+    """``warpsum.nearest_warp_sum``, imported on first use (numba loads only in interpolating
+    jobs); where numba cannot be imported, ``None`` with one warning (the OpenCV engine renders
+    the same bits, about half as fast) unless the numba engine was asked for by name."""
+    try:
+        from blurforge.warpsum import nearest_warp_sum
+    except ImportError as exc:
+        if required:
+            raise
+        warnings.warn(f"numba is not usable ({exc}): in-betweens are rendered with OpenCV instead, about half "
+                      "as fast; reinstall numba (pip install numba) to get the fused pass back", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    return nearest_warp_sum
 
 
 _GRIDS: dict[tuple[int, int], np.ndarray] = {}

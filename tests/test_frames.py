@@ -601,3 +601,27 @@ def test_flow_interpolation_matches_a_densely_sampled_sub_pixel_pan():
     default, best = average(), average(preset="medium", scale=1.0, blend="both", warp="linear")
     own = np.sqrt(max(default**2 - best**2, 0))
     assert plain > 5 and best < default < 1.5 and own <= 0.8, (plain, best, default, own)
+
+
+def test_auto_engine_falls_back_to_opencv_without_numba(monkeypatch):
+    # numba unusable (an import that fails): "auto" warns once and renders with OpenCV, the same
+    # bits; asking for the numba engine by name raises.
+    import sys
+
+    from blurforge import frames
+    from blurforge.frames import inbetween_sum
+
+    rng = np.random.default_rng(5)
+    a, b = (rng.random((24, 40, 4), dtype=np.float32) for _ in range(2))
+    f01, f10 = (rng.normal(0, 3, (24, 40, 2)).astype(np.float32) for _ in range(2))
+    expected = inbetween_sum(a, b, f01, f10, 7, engine="opencv")
+    frames._fused_warp_sum.cache_clear()
+    monkeypatch.setitem(sys.modules, "blurforge.warpsum", None)
+    try:
+        with pytest.warns(RuntimeWarning, match="numba is not usable"):
+            got = inbetween_sum(a, b, f01, f10, 7)
+        assert np.array_equal(got, expected)
+        with pytest.raises(ImportError):
+            inbetween_sum(a, b, f01, f10, 7, engine="numba")
+    finally:
+        frames._fused_warp_sum.cache_clear()

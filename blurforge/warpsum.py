@@ -1,7 +1,7 @@
 """The in-betweens of a frame pair warped and summed in one pass (numba), bit-identical to OpenCV.
 
 ``frames.inbetween_sum`` with its default settings (each in-between is the nearer frame warped by
-nearest neighbour, weight 1) spent most of a REDS-like job in three OpenCV calls per in-between
+nearest neighbour, weight 1) spent most of a REDS-like job in four OpenCV calls per in-between
 and band of rows: ``addWeighted`` for the flow at time ``t``, ``add`` for the sampling map,
 ``remap`` for the warp, and one more ``add`` into the sum, each a pass over memory. Here, per row:
 the sampling positions of every in-between are computed into rows of pixel offsets (a loop the
@@ -10,9 +10,10 @@ flows at ``t``, the maps and the warped frames never exist as images.
 
 The result is bit-identical to the OpenCV path (``tests/test_frames.py`` compares them):
 
-- the flow at ``t`` is ``fma(α, F01, β·F10)`` rounded once to float32, which is what
+- the flow at ``t``, ``α·F01 + β·F10``, is one fused multiply-add ``fma(F01, α, β·F10)`` (the
+  product ``β·F10`` rounded to float32 first, then one rounding), which is what
   ``cv2.addWeighted`` computes on float32 images on CPUs with FMA instructions (its AVX2 code;
-  without them OpenCV rounds the product first, so the two engines agree only on such CPUs);
+  without them OpenCV rounds α·F01 too before adding, so the two engines agree only on such CPUs);
   ``llvm.fma`` is exactly rounded on every CPU (a library call where it has no FMA instruction),
   so this engine's bits do not depend on the CPU;
 - the position is that plus the pixel coordinate in float32 (``cv2.add`` of the grid);
@@ -32,7 +33,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
-# No 'contract' or 'reassoc': every rounding stays where the OpenCV path has it.
+# No 'contract' or 'reassoc': every rounding stays where the OpenCV path has it. ('nnan'/'ninf':
+# flows are finite — DIS never returns NaN — which lets the clamps compile to min/max.)
 _NO_NAN = {"nnan", "ninf", "nsz"}
 
 

@@ -10,8 +10,9 @@ For a centre frame ``c`` and an odd window of ``N`` original frames (``h = N // 
    the flows from time ``t`` approximated from them (Jiang et al., Super SloMo, eq. 4:
    ``F_t0 = -(1-t) t F_01 + t² F_10``, ``F_t1 = (1-t)² F_01 - t (1-t) F_10``), and the frame
    nearer in time warped to ``t`` (nearest neighbour, replicated borders, as ``cv2.remap``
-   samples, in one fused pass: ``blurforge.warpsum``; frame 0 at ``t = 1/2``). No network weights. The settings were chosen by their error against densely
-   sampled ground truth (see ``DIS_PRESETS`` below);
+   samples, in one fused pass: ``blurforge.warpsum``; frame 0 at ``t = 1/2``). No network
+   weights. The settings were chosen by their error against densely sampled ground truth (see
+   ``DIS_PRESETS`` below);
 3. the ``N + (N-1) K`` virtual frames are averaged in linear space, the response is applied
    again, and the result, rounded exactly to 8-bit codes (``blur.linear_to_codes``), is the
    blurry image (PNG); frame ``c`` as decoded is the sharp one (PNG, bit-exact). The PNGs are

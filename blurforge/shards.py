@@ -121,9 +121,9 @@ def reuse_freed_images() -> None:
 
     By default a block over 128 KiB is its own mapping: freeing it unmaps it, and the next frame
     of the same size is a fresh mapping whose every page faults and is zeroed by the kernel on
-    first touch (≈ 2 ms per 1280×720 RGBA float image, ~10% of a REDS-like pair). Raising the
-    mmap threshold to its maximum (32 MiB on 64-bit) and the trim threshold (512 MiB) keeps them
-    in the heap. Once per process; a no-op where the C library is not glibc. Values are
+    first touch (≈ 2 ms per 1280×720 RGBA float image). Raising the mmap threshold to 32 MiB
+    (glibc's documented maximum on 64-bit) and the trim threshold to 512 MiB keeps them in the
+    heap. Once per process; a no-op where the C library is not glibc. Values are
     unaffected: every array the workers allocate with ``np.empty`` is written before it is read
     (the byte-identity tests compare against runs made with fresh, zeroed pages)."""
     global _MALLOC_TUNED
@@ -136,7 +136,7 @@ def reuse_freed_images() -> None:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return
-    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (its maximum: larger values are refused)
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
     mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
 
 

@@ -61,7 +61,8 @@ def _fma32(typingctx, a, b, c):
 
 @_jit(fastmath=_NO_NAN)
 def _row_positions(fa, fb, alpha, beta, xs, y, width, height, out):
-    """Flat float offsets (``4·(Y·W + X)``) of one row's nearest source pixels for one in-between."""
+    """Offsets into the flattened RGBA frame (``4·(Y·W + X)``) of one row's nearest source pixels
+    for one in-between."""
     zero = np.float32(0)
     xmax, ymax = np.float32(width - 1), np.float32(height - 1)
     w32 = np.int32(width)

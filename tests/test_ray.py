@@ -10,8 +10,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from blurforge.cli import main  # noqa: E402
-from conftest import digest_tree  # noqa: E402
 from blurforge.shards import ShardTask, finish_shard, make_tasks, run_shards  # noqa: E402
+from conftest import digest_tree  # noqa: E402
 
 
 @pytest.fixture(scope="module")
